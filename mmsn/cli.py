@@ -1,0 +1,81 @@
+"""The ``mmsn`` command: ``mmsn data prepare|info`` (later: pretrain, probe, sweep, analyze).
+
+User errors (MMSNError) print one clear line to stderr and exit 2; nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from mmsn.errors import MMSNError
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    from mmsn.data.registry import DATASETS
+
+    data = sub.add_parser("data", help="prepare and inspect data caches")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    p = dsub.add_parser("prepare", help="write a cache (images.npy, table.parquet, meta.json)")
+    p.add_argument("--dataset", required=True, help=f"one of: {', '.join(DATASETS)}")
+    p.add_argument("--root", type=Path, default=None, help="raw dataset directory (official layout)")
+    p.add_argument("--out", type=Path, required=True, help="cache directory to create")
+    p.add_argument("--size", type=int, default=224, help="image side in pixels (default 224)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, subsample and synthesis")
+    p.add_argument("--n", type=int, default=None,
+                   help="number of images, drawn by whole patients (default: all; synthetic: 3000)")
+    p.add_argument("--split", default="0.7,0.1,0.2",
+                   help="train,val,test fractions of patients, or 'official' where the dataset has one")
+    p.add_argument("--workers", type=int, default=1, help="processes rendering/resizing images")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
+    p.set_defaults(func=_data_prepare)
+    i = dsub.add_parser("info", help="print counts, label prevalence and EHR missing rates")
+    i.add_argument("cache", type=Path)
+    i.set_defaults(func=_data_info)
+
+
+def _data_prepare(args: argparse.Namespace) -> None:
+    from mmsn.data.cache import describe, open_cache
+    from mmsn.data.prepare import prepare
+    from mmsn.data.registry import DATASETS, load_source
+    from mmsn.data.splits import parse_fractions
+
+    split = "official" if args.split == "official" else parse_fractions(args.split)
+    source = load_source(args.dataset, args.root, args.seed)
+    n = args.n if args.n is not None else DATASETS[args.dataset].default_n
+    out = prepare(source, args.out, size=args.size, seed=args.seed, split=split, n=n,
+                  workers=args.workers, overwrite=args.overwrite)
+    print(describe(open_cache(out)))
+
+
+def _data_info(args: argparse.Namespace) -> None:
+    from mmsn.data.cache import describe, open_cache
+
+    print(describe(open_cache(args.cache)))
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_data]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmsn", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except MMSNError as err:
+        print(f"mmsn: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One entry point for newcomers and CI:  bash scripts/run.sh {setup|quickstart|test} [args...]
+# setup       create .venv (if missing) and install mmsn with the tested versions (constraints.txt)
+# quickstart  setup, then run the main job on the embedded synthetic default
+# test        setup, then run the test suite (extra args go to pytest)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+setup() {
+    local python=${PYTHON:-python3}
+    [ -x .venv/bin/python ] || "$python" -m venv .venv
+    # shellcheck disable=SC1091
+    . .venv/bin/activate
+    local want stamp=.venv/.mmsn-setup-stamp
+    want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        echo "== installing mmsn and its dependencies into .venv (first run: a few minutes)"
+        python -m pip install --quiet --upgrade pip
+        python -m pip install --quiet -c constraints.txt -e ".[dev]"
+        echo "$want" > "$stamp"
+    fi
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+    setup) setup ;;
+    quickstart)
+        setup
+        export MMSN_DATA=${MMSN_DATA:-data}
+        mmsn data prepare --dataset synthetic --size 64 --n 3000 --seed 0 \
+            --out "$MMSN_DATA/synthetic-64" --overwrite "$@"
+        ;;
+    test)
+        setup
+        python -m pytest -q "$@"
+        ;;
+    *) echo "usage: bash scripts/run.sh {setup|quickstart|test} [args...]" >&2; exit 2 ;;
+esac
