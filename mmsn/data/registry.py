@@ -1,0 +1,43 @@
+"""Dataset name -> adapter. Adapters are imported lazily: each pulls in its own parsing code."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmsn.data.source import Source
+from mmsn.errors import DataError, unknown_name
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to load one dataset: ``module.function(root, seed) -> Source``."""
+
+    module: str
+    function: str
+    needs_root: bool
+    default_n: int | None  # images drawn when --n is not given (None: all)
+    description: str
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "synthetic": DatasetSpec("mmsn.data.synthetic", "load_synthetic", False, 3000,
+                             "procedural CXRs on real NIH-14 metadata (the embedded default)"),
+    "nih14": DatasetSpec("mmsn.data.nih14", "load_nih14", True, None, "NIH ChestX-ray14"),
+    "chexpert": DatasetSpec("mmsn.data.chexpert", "load_chexpert", True, None, "CheXpert"),
+    "mimic": DatasetSpec("mmsn.data.mimic", "load_mimic", True, None, "MIMIC-CXR-JPG + MIMIC-IV"),
+}
+
+
+def load_source(name: str, root: Path | None, seed: int) -> Source:
+    """Run the adapter of dataset ``name``; an unknown name lists the known ones."""
+    if name not in DATASETS:
+        raise DataError(unknown_name("dataset", name, DATASETS))
+    spec = DATASETS[name]
+    if spec.needs_root and root is None:
+        raise DataError(f"dataset {name!r} needs --root RAW_DIR (the official {spec.description} layout)")
+    if root is not None and not Path(root).exists():
+        raise DataError(f"--root {root}: no such directory")
+    load = getattr(importlib.import_module(spec.module), spec.function)
+    return load(None if root is None else Path(root), seed)  # type: ignore[no-any-return]
