@@ -1,0 +1,1 @@
+"""Data: dataset adapters, the cache format, patient-level splits and EHR encoding."""

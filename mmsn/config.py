@@ -1,0 +1,299 @@
+"""Typed, frozen configuration: YAML becomes these dataclasses once, at the edge.
+
+Every field carries its default and a comment saying what it is. Unknown keys and out-of-range
+values raise ConfigError naming the dotted key (and the file it came from). Defaults are the CPU
+quickstart; the paper's GPU values are given in the comments and in ``mmsn/configs/*.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from mmsn.errors import ConfigError
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class ViewsConfig:
+    """Multi-crop views (RESEARCH.md section 1): 1 target + 1 anchor + ``n_focal`` focal views."""
+
+    size: int = 64  # target/anchor crop side in px (paper: 224)
+    focal_size: int = 32  # focal crop side in px (paper: 96)
+    n_focal: int = 4  # focal views per image (paper: 10)
+    global_scale: tuple[float, float] = (0.3, 1.0)  # area range of target/anchor crops
+    focal_scale: tuple[float, float] = (0.05, 0.3)  # area range of focal crops
+    hflip: float = 0.5  # horizontal flip probability
+    jitter: float = 0.0  # brightness/contrast jitter strength (CXR-EHR-MSN turns it off)
+
+    def __post_init__(self) -> None:
+        _require(16 <= self.size <= 1024, "views.size", f"{self.size} not in 16..1024")
+        _require(8 <= self.focal_size <= self.size, "views.focal_size", "must be in 8..views.size")
+        _require(0 <= self.n_focal <= 16, "views.n_focal", f"{self.n_focal} not in 0..16")
+        for key, (lo, hi) in (("views.global_scale", self.global_scale), ("views.focal_scale", self.focal_scale)):
+            _require(0 < lo <= hi <= 1, key, f"({lo}, {hi}) must satisfy 0 < lo <= hi <= 1")
+        _require(0 <= self.hflip <= 1, "views.hflip", "must be a probability")
+        _require(0 <= self.jitter <= 1, "views.jitter", "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """ViT backbone (timm), projection head and prototypes."""
+
+    backbone: str = "vit_micro"  # timm ViT name (vit_tiny_patch16_224, vit_small_patch16_224) or vit_micro/vit_nano
+    patch_size: int = 0  # 0: the backbone's own; otherwise override (e.g. 8 for 64 px inputs)
+    drop_path: float = 0.0  # stochastic depth rate of the backbone
+    head_hidden: int = 512  # projection head hidden width (paper: 2048)
+    head_out: int = 128  # projection output dim = prototype dim (paper: 256)
+    n_prototypes: int = 256  # K learnable prototypes (paper: 1024)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.backbone), "model.backbone", "must name a backbone")
+        _require(self.patch_size >= 0, "model.patch_size", "must be >= 0")
+        _require(0 <= self.drop_path < 1, "model.drop_path", "must be in [0, 1)")
+        _require(self.head_hidden >= 8 and self.head_out >= 8, "model.head_hidden", "head widths must be >= 8")
+        _require(2 <= self.n_prototypes <= 65536, "model.n_prototypes", "must be in 2..65536")
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """Token masking of anchor-side views; the CLS token is always kept."""
+
+    ratio: float = 0.15  # fraction of patch tokens dropped (paper: 0.15 for ViT-S/16)
+    per_sample: bool = True  # one random mask per sample (lightly) or one per batch (original MSN)
+    focal: bool = True  # also mask focal views (lightly, CXR-EHR-MSN) or only the anchor (original)
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.ratio <= 0.95, "mask.ratio", f"{self.ratio} not in [0, 0.95]")
+
+
+@dataclass(frozen=True)
+class EHRConfig:
+    """Which EHR features are fused into pretraining, and how."""
+
+    fusion: str = "concat_anchor"  # none | concat_anchor (the paper) | concat_both | token | film
+    features: tuple[str, ...] = ("demographic",)  # groups and/or columns; "all" for every column
+    embed_dim: int = 128  # EHR embedding width (paper: 128)
+    hidden: int = 0  # hidden width of the EHR MLP; 0 = a single linear layer as in the paper
+
+    def __post_init__(self) -> None:
+        _require(self.embed_dim >= 1, "ehr.embed_dim", "must be >= 1")
+        _require(self.hidden >= 0, "ehr.hidden", "must be >= 0")
+        _require(self.fusion == "none" or len(self.features) > 0, "ehr.features",
+                 "must name at least one feature when fusion != none")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """MSN loss (lightly's MSNLoss arguments)."""
+
+    temperature: float = 0.1  # anchor softmax temperature
+    target_temperature: float = 0.25  # sharpening temperature of target probabilities
+    sinkhorn_iterations: int = 3  # 0 disables Sinkhorn balancing
+    me_max_weight: float = 1.0  # weight of the mean-entropy-maximisation term
+
+    def __post_init__(self) -> None:
+        _require(self.temperature > 0, "loss.temperature", "must be > 0")
+        _require(self.target_temperature > 0, "loss.target_temperature", "must be > 0")
+        _require(self.sinkhorn_iterations >= 0, "loss.sinkhorn_iterations", "must be >= 0")
+        _require(self.me_max_weight >= 0, "loss.me_max_weight", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW and the schedules, all pure functions of the global step (mmsn.schedules)."""
+
+    lr: float = 1e-3  # peak learning rate after warm-up (paper ViT-S: 1e-3 at batch 1024)
+    start_lr: float = 2e-4  # learning rate at step 0
+    final_lr: float = 1e-6  # learning rate at the last step (cosine)
+    warmup_epochs: float = 1.0  # linear warm-up length (paper: 15 of 800)
+    weight_decay: float = 0.04  # start of the cosine weight-decay schedule
+    final_weight_decay: float = 0.4  # end of the weight-decay schedule
+    ema_start: float = 0.996  # EMA momentum of the target encoder at step 0
+    ema_end: float = 1.0  # EMA momentum at the last step (linear)
+    clip_grad: float = 3.0  # max grad norm; 0 disables clipping
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+
+    def __post_init__(self) -> None:
+        for key in ("lr", "start_lr", "final_lr"):
+            _require(0 <= getattr(self, key) <= 1, f"optim.{key}", "must be in [0, 1]")
+        _require(self.lr > 0, "optim.lr", "must be > 0")
+        _require(self.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
+        _require(self.weight_decay >= 0 and self.final_weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        _require(0 <= self.ema_start <= self.ema_end <= 1, "optim.ema_start", "need 0 <= ema_start <= ema_end <= 1")
+        _require(self.clip_grad >= 0, "optim.clip_grad", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The run: length, batch, precision, logging and milestones."""
+
+    epochs: int = 10  # pretraining epochs over the train split
+    batch_size: int = 64  # images per step (per worker under DDP)
+    seed: int = 0  # model init, views and masks
+    num_workers: int = 0  # DataLoader worker processes
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    device: str = "auto"  # auto | cpu | cuda
+    log_every: int = 10  # steps between progress lines / TensorBoard points
+    checkpoint_every: int = 1  # epochs between checkpoints
+    probe_every: int = 0  # epochs between linear probes during pretraining; 0 = only at the end
+    max_steps_per_epoch: int = 0  # cap steps per epoch (0 = full epoch); for smoke runs
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _require(self.batch_size >= 2, "train.batch_size", "must be >= 2 (BatchNorm in the head)")
+        _require(self.num_workers >= 0, "train.num_workers", "must be >= 0")
+        _require(self.precision in ("auto", "bf16", "fp32"), "train.precision", "auto | bf16 | fp32")
+        _require(self.device in ("auto", "cpu", "cuda"), "train.device", "auto | cpu | cuda")
+        _require(self.log_every >= 1 and self.checkpoint_every >= 1, "train.log_every", "must be >= 1")
+        _require(self.probe_every >= 0 and self.max_steps_per_epoch >= 0, "train.probe_every", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Linear probe on frozen target-encoder features (RESEARCH.md section 4)."""
+
+    label_fraction: float = 1.0  # fraction of train labels used, sampled by patient (0.01, 0.1, 1.0)
+    l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # L2 strengths tried; best on val
+    bootstrap: int = 1000  # bootstrap resamples of the CIs
+    batch_size: int = 256  # feature extraction batch
+    seed: int = 0  # label-fraction draw and bootstrap
+
+    def __post_init__(self) -> None:
+        _require(0 < self.label_fraction <= 1, "probe.label_fraction", "must be in (0, 1]")
+        _require(len(self.l2_grid) > 0 and min(self.l2_grid) >= 0, "probe.l2_grid", "non-empty, >= 0")
+        _require(self.bootstrap >= 0, "probe.bootstrap", "must be >= 0")
+        _require(self.batch_size >= 1, "probe.batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole pretraining run."""
+
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    ehr: EHRConfig = field(default_factory=EHRConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+def _coerce(value: Any, kind: Any, key: str) -> Any:
+    """Check/convert one YAML value against a field type (int -> float allowed, lists -> tuples)."""
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        args = typing.get_args(kind)
+        if not isinstance(value, (list, tuple)):
+            value = [value] if args[-1] is Ellipsis else value
+        _require(isinstance(value, (list, tuple)), key, f"expected a list, got {value!r}")
+        if args[-1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        _require(len(value) == len(args), key, f"expected {len(args)} values, got {list(value)!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if kind is float:
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"expected a number, got {value!r}")
+        return float(value)
+    if kind is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
+        return value
+    if kind is bool:
+        _require(isinstance(value, bool), key, f"expected true/false, got {value!r}")
+        return value
+    if kind is str:
+        _require(isinstance(value, str), key, f"expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported field type {kind}")  # pragma: no cover
+
+
+def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested mapping; unknown keys are errors listing the valid ones."""
+    _require(isinstance(data, Mapping), prefix.rstrip(".") or "config", f"expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown key {dotted!r}; valid keys here: {', '.join(prefix + n for n in names)}")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            kwargs[key] = from_dict(kind, value or {}, f"{dotted}.")  # type: ignore[arg-type]
+        else:
+            kwargs[key] = _coerce(value, kind, dotted)
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) that ``from_dict`` reads back to an equal config."""
+    def plain(v: Any) -> Any:
+        return [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+    return {f.name: to_dict(getattr(config, f.name)) if dataclasses.is_dataclass(getattr(config, f.name))
+            else plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """``set_dotted(d, "optim.lr", 1e-3)`` on a nested dict, creating sections as needed."""
+    *path, last = dotted.split(".")
+    node = data
+    for part in path:
+        node = node.setdefault(part, {})
+        _require(isinstance(node, dict), dotted, f"{part!r} is not a section")
+    node[last] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"optim.lr=1e-3"`` -> ("optim.lr", 0.001); values are parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    _require(bool(sep) and bool(key), text, "expected key=value, e.g. optim.lr=1e-3")
+    value = yaml.safe_load(raw)
+    # YAML 1.1 reads "1e-3" as a string; numbers written that way are meant as floats.
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """YAML file (optional) + ``key=value`` overrides -> Config; errors name the key and the file."""
+    data: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"{path}: cannot read config ({err})") from None
+    for item in overrides:
+        set_dotted(data, *parse_override(item))
+    try:
+        return typing.cast(Config, from_dict(Config, data))
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def flat_fields(cls: type = Config, prefix: str = "") -> dict[str, Any]:
+    """Every dotted key of a config class with its type: what search spaces are checked against."""
+    out: dict[str, Any] = {}
+    for name, kind in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(kind):
+            out.update(flat_fields(kind, f"{prefix}{name}."))  # type: ignore[arg-type]
+        else:
+            out[f"{prefix}{name}"] = kind
+    return out
+
+
+__all__ = ["Config", "ViewsConfig", "ModelConfig", "MaskConfig", "EHRConfig", "LossConfig", "OptimConfig",
+           "TrainConfig", "ProbeConfig", "load_config", "from_dict", "to_dict", "flat_fields"]
