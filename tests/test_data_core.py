@@ -164,3 +164,9 @@ def test_unseen_category_counts_as_missing() -> None:
     enc = EHREncoder.fit(table, TINY_EHR[2:3], np.array([True, True]))
     x = enc.transform(pd.DataFrame({"view": ["LL"]}))
     assert x.tolist() == [[0.0, 1.0]]
+
+
+def test_worker_processes_give_the_same_cache(tmp_path: Path) -> None:
+    a = prepare(tiny_source(), tmp_path / "a", size=16, seed=0, split=(0.6, 0.2, 0.2), n=None)
+    b = prepare(tiny_source(), tmp_path / "b", size=16, seed=0, split=(0.6, 0.2, 0.2), n=None, workers=2)
+    assert (a / "images.npy").read_bytes() == (b / "images.npy").read_bytes()

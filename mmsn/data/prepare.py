@@ -72,6 +72,9 @@ def assign_split(table: pd.DataFrame, split: tuple[float, float, float] | str, s
         if "official_split" not in table.columns:
             raise DataError("--split official: this dataset ships no official split")
         names = table["official_split"].to_numpy(dtype=object)
+        unassigned = int(pd.isna(table["official_split"]).sum())
+        if unassigned:
+            raise DataError(f"--split official: {unassigned} images are not in the official split file")
         mixed = table.groupby("patient_id")["official_split"].nunique()
         if (mixed > 1).any():
             raise DataError("--split official: the official split puts a patient in two splits")
@@ -87,19 +90,24 @@ def _render(getter: ImageGetter, rows: np.ndarray, size: int, workers: int) -> I
     if workers <= 1:
         yield from (getter(int(i), size) for i in rows)
         return
+    # The getter (for MIMIC: 377k paths) is sent once per worker process, then only indices travel.
     ctx = multiprocessing.get_context("spawn")  # fork after torch/threads is unsafe
-    with ctx.Pool(workers) as pool:
-        yield from pool.imap(_RenderOne(getter, size), rows.tolist(), chunksize=64)
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(getter, size)) as pool:
+        yield from pool.imap(_render_one, rows.tolist(), chunksize=64)
 
 
-class _RenderOne:
-    """Picklable (i -> image) closure for the worker pool."""
+_WORKER: tuple[ImageGetter, int] | None = None
 
-    def __init__(self, getter: ImageGetter, size: int) -> None:
-        self.getter, self.size = getter, size
 
-    def __call__(self, i: int) -> np.ndarray:
-        return self.getter(i, self.size)
+def _init_worker(getter: ImageGetter, size: int) -> None:
+    global _WORKER
+    _WORKER = (getter, size)
+
+
+def _render_one(i: int) -> np.ndarray:
+    assert _WORKER is not None
+    getter, size = _WORKER
+    return getter(i, size)
 
 
 def write_images(path: Path, getter: ImageGetter, rows: np.ndarray, size: int, workers: int) -> None:

@@ -1,0 +1,374 @@
+"""Linear probe on frozen features: the score every sweep trial is ranked by (RESEARCH.md section 4).
+
+Features are extracted once per checkpoint; a multi-label logistic regression over all labels is
+then fitted in one full-batch L-BFGS problem (a second or so on CPU), its L2 strength chosen by
+validation macro AUROC. Metrics follow CXR-EHR-MSN's evaluation (macro AUROC over labels with both
+classes present, per-label AUROC, 95 % percentile bootstrap CIs over 1000 image resamples) with
+two fixes: label-efficient subsets are drawn by patient, and the same function normalises pixels
+in pretraining and here (``mmsn.data.transforms.to_input``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import rankdata
+
+from mmsn.config import ProbeConfig
+from mmsn.data.transforms import to_input
+from mmsn.errors import DataError
+
+# --- metrics -------------------------------------------------------------------------------------
+
+
+def auroc(y: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve of (N,) 0/1 targets and (N,) scores; NaN if a class is absent.
+
+    Mann-Whitney U from average ranks, so ties count one half (identical to
+    ``sklearn.metrics.roc_auc_score``).
+    """
+    positive = np.asarray(y) > 0.5
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    ranks = rankdata(np.asarray(score, dtype=np.float64))
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def macro_auroc(y: np.ndarray, scores: np.ndarray) -> tuple[float, np.ndarray]:
+    """(N, L) targets and scores -> (mean AUROC over labels with both classes, (L,) per label, NaN
+    for labels with a single class). The mean is NaN if no label qualifies."""
+    if y.shape != scores.shape or y.ndim != 2:
+        raise ValueError(f"targets {y.shape} and scores {scores.shape} must be equal (N, L) shapes")
+    per_label = np.array([auroc(y[:, j], scores[:, j]) for j in range(y.shape[1])], dtype=np.float64)
+    valid = ~np.isnan(per_label)
+    return (float(per_label[valid].mean()) if valid.any() else math.nan), per_label
+
+
+def _resample_counts(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarray:
+    """(n_boot, n) int32: how often each image is drawn in each of n_boot resamples of size n."""
+    draws = rng.integers(0, n, size=(n_boot, n)) + (np.arange(n_boot) * n)[:, None]
+    return np.bincount(draws.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(np.int32)
+
+
+def _weighted_aurocs(counts: np.ndarray, y: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """AUROC of one label under each row of (b, N) image multiplicities -> (b,), NaN if a class is absent.
+
+    Sorting once and summing multiplicities per tie group gives every resample's Mann-Whitney U
+    without re-ranking it: U = sum over groups of pos_g * (neg below g + neg_g / 2).
+    """
+    order = np.argsort(score, kind="stable")
+    sorted_score = score[order]
+    starts = np.flatnonzero(np.r_[True, sorted_score[1:] != sorted_score[:-1]])  # tie groups
+    c = counts[:, order]  # (b, N)
+    pos_c = c * (y[order] > 0.5)
+    pos = np.add.reduceat(pos_c, starts, axis=1).astype(np.float64)  # (b, G)
+    neg = np.add.reduceat(c - pos_c, starts, axis=1).astype(np.float64)
+    below = np.cumsum(neg, axis=1) - neg
+    pairs = pos.sum(axis=1) * neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pairs > 0, (pos * (below + 0.5 * neg)).sum(axis=1) / pairs, np.nan)
+
+
+def bootstrap_aurocs(y: np.ndarray, scores: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                     chunk: int | None = None) -> np.ndarray:
+    """(n_boot, L) per-label AUROCs over seeded resamples of the N images (rows of (N, L) inputs).
+
+    Resamples are drawn ``chunk`` at a time (default: about 400k draws per chunk) to bound memory;
+    numpy draws the same integers however they are chunked, so results depend on the seed only.
+    Entries are NaN where a resample (or the whole set) lacks a class of the label.
+    """
+    if y.shape != scores.shape or y.ndim != 2:
+        raise ValueError(f"targets {y.shape} and scores {scores.shape} must be equal (N, L) shapes")
+    rng = np.random.default_rng(seed)
+    n, n_labels = y.shape
+    chunk = chunk or max(1, 400_000 // max(n, 1))  # ~3 MB per (chunk, N) array: cache-sized, fastest
+    out = np.full((n_boot, n_labels), np.nan)
+    score64 = np.asarray(scores, dtype=np.float64)
+    for lo in range(0, n_boot, chunk):
+        counts = _resample_counts(rng, n, min(chunk, n_boot - lo))
+        for j in range(n_labels):
+            out[lo:lo + len(counts), j] = _weighted_aurocs(counts, y[:, j], score64[:, j])
+    return out
+
+
+def _percentile_ci(values: np.ndarray, alpha: float) -> tuple[float, float]:
+    finite = values[~np.isnan(values)]
+    if finite.size == 0:
+        return math.nan, math.nan
+    lo, hi = np.percentile(finite, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(lo), float(hi)
+
+
+def _macro_of_resamples(boot: np.ndarray, per_label: np.ndarray) -> np.ndarray:
+    """(n_boot,) macro AUROC per resample over the labels valid on the full set (NaN-skipping)."""
+    valid = boot[:, ~np.isnan(per_label)]
+    has_any = (~np.isnan(valid)).any(axis=1)
+    macro = np.full(boot.shape[0], np.nan)
+    macro[has_any] = np.nanmean(valid[has_any], axis=1)
+    return macro
+
+
+def bootstrap_ci(y: np.ndarray, scores: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                 alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile (1 - alpha) CI of the macro AUROC of (N, L) targets/scores, resampling images."""
+    _, per_label = macro_auroc(y, scores)
+    return _percentile_ci(_macro_of_resamples(bootstrap_aurocs(y, scores, n_boot, seed), per_label), alpha)
+
+
+def bootstrap_per_label(y: np.ndarray, scores: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                        alpha: float = 0.05) -> np.ndarray:
+    """(L, 2) percentile CIs per label, from the same resamples as ``bootstrap_ci`` (same seed)."""
+    boot = bootstrap_aurocs(y, scores, n_boot, seed)
+    return np.array([_percentile_ci(boot[:, j], alpha) for j in range(y.shape[1])]).reshape(-1, 2)
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def label_fraction_mask(patient_ids: Sequence[str], fraction: float, seed: int) -> np.ndarray:
+    """(N,) bool: rows of a seeded ``fraction`` of the patients (at least one), whole patients only,
+    so a label-efficient probe never sees part of a patient's images."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    ids = np.asarray([str(p) for p in patient_ids])
+    patients = np.unique(ids)  # sorted, so the draw depends on the seed and the set of patients only
+    if fraction >= 1 or patients.size == 0:
+        return np.ones(ids.size, dtype=bool)
+    n_keep = max(1, round(fraction * patients.size))
+    kept = np.random.default_rng(seed).choice(patients, size=n_keep, replace=False)
+    return np.isin(ids, kept)
+
+
+def extract_features(encode: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, rows: np.ndarray,
+                     size: int, batch_size: int, device: torch.device) -> np.ndarray:
+    """Encode ``images[rows]`` ((N, H, W) uint8, e.g. the cache's memmap) -> (len(rows), d) float32.
+
+    ``encode`` maps (B, 1, size, size) normalised float -> (B, d); put a model in eval mode first.
+    Images are normalised with ``to_input`` (as in pretraining) and resized with antialiased
+    bilinear interpolation when the cache side differs from ``size``.
+    """
+    rows = np.asarray(rows)
+    chunks: list[np.ndarray] = []
+    with torch.inference_mode():
+        for lo in range(0, len(rows), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(images[rows[lo:lo + batch_size]]))
+            x = to_input(batch.to(device, non_blocking=True))  # (B, 1, H, W); uint8 is cheaper to move
+            if x.shape[-2:] != (size, size):
+                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            chunks.append(encode(x).float().cpu().numpy())
+    if not chunks:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+# --- the probe -----------------------------------------------------------------------------------
+
+
+@dataclass
+class LinearProbe:
+    """A fitted multi-label logistic regression on standardised features.
+
+    weight (d, L), bias (L,), mean/std (d,) of the train features; ``l2`` is the chosen strength and
+    ``val_auroc_by_l2`` the validation macro AUROC of every strength tried.
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    l2: float
+    val_auroc_by_l2: dict[float, float]
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(N, d) features -> (N, L) logits (monotone in the probabilities, enough for AUROC)."""
+        return ((np.asarray(x, dtype=np.float64) - self.mean) / self.std) @ self.weight + self.bias
+
+
+def _lbfgs(x: torch.Tensor, y: torch.Tensor, l2: float, w: torch.Tensor, b: torch.Tensor,
+           max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimise sum over labels of mean BCE + l2/2 ||w_l||^2 (bias unpenalised) from (w, b).
+
+    x (N, d), y (N, L), w (d, L), b (L,). The labels' problems are independent, so one joint
+    L-BFGS solves all of them with a single matmul per evaluation.
+    """
+    w = w.detach().clone().requires_grad_()
+    b = b.detach().clone().requires_grad_()
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-7,
+                            tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        logits = torch.addmm(b, x, w)
+        loss = F.binary_cross_entropy_with_logits(logits, y, reduction="sum") / x.shape[0]
+        loss = loss + 0.5 * l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)  # type: ignore[no-untyped-call]
+    return w.detach(), b.detach()
+
+
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Temporarily set torch's intra-op threads (process-global; restored on exit)."""
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def fit_linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                     l2_grid: Sequence[float], max_iter: int = 100, num_threads: int | None = 1) -> LinearProbe:
+    """Fit on (N, d) features / (N, L) 0/1 targets, choosing the L2 strength by val macro AUROC.
+
+    Strengths are tried from strongest to weakest, each warm-started from the previous solution
+    (the strong ones converge in a few steps); ties keep the stronger. Labels with one class in
+    train get zero weights and the (smoothed) log-odds of their prevalence as bias: finite,
+    constant scores instead of an unbounded bias. ``num_threads`` (None: leave torch's setting)
+    defaults to 1 because these (N, d) x (d, L) products are too small to gain from threads: on 2
+    shared cores one thread fitted 5000 x 192 x 14 in 0.19 s, two in 0.5 s and up to 7 s when busy.
+    """
+    if len(l2_grid) == 0:
+        raise ValueError("l2_grid must name at least one L2 strength")
+    with _torch_threads(num_threads):
+        return _fit_grid(x_train, y_train, x_val, y_val, l2_grid, max_iter)
+
+
+def _fit_grid(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+              l2_grid: Sequence[float], max_iter: int) -> LinearProbe:
+    """``fit_linear_probe`` without the argument check and thread setting."""
+    mean = x_train.mean(axis=0, dtype=np.float64)
+    std = x_train.std(axis=0, dtype=np.float64)
+    std = np.where(std > 1e-12, std, 1.0)  # constant features: centred to 0, not divided by 0
+    x = torch.from_numpy((x_train - mean) / std)
+    y = torch.from_numpy(np.asarray(y_train, dtype=np.float64))
+    positives = y.sum(dim=0)
+    fit = (positives > 0) & (positives < y.shape[0])  # (L,) labels with both classes in train
+    weight = torch.zeros(x.shape[1], y.shape[1], dtype=torch.float64)
+    bias = torch.logit((positives + 0.5) / (y.shape[0] + 1.0))  # prevalence start / single-class answer
+
+    best: LinearProbe | None = None
+    scores: dict[float, float] = {}
+    w_fit, b_fit = weight[:, fit], bias[fit]
+    for l2 in sorted(l2_grid, reverse=True):
+        if bool(fit.any()):
+            w_fit, b_fit = _lbfgs(x, y[:, fit], float(l2), w_fit, b_fit, max_iter)
+        weight[:, fit], bias[fit] = w_fit, b_fit
+        probe = LinearProbe(weight.numpy().copy(), bias.numpy().copy(), mean, std, float(l2), scores)
+        scores[float(l2)] = macro_auroc(np.asarray(y_val), probe.predict(x_val))[0]
+        if best is None or scores[float(l2)] > np.nan_to_num(scores[best.l2], nan=-np.inf):
+            best = probe
+    assert best is not None
+    return best
+
+
+# --- one probe run, as the sweep calls it ----------------------------------------------------------
+
+
+@dataclass
+class ProbeResult:
+    """What one probe reports. ``per_label``: name -> {"auroc": float, "ci": (lo, hi)}; ``sizes``:
+    images per split used (train after the label fraction); ``split``: where the metrics come from."""
+
+    macro_auroc: float
+    macro_ci: tuple[float, float]
+    per_label: dict[str, dict[str, Any]]
+    l2: float
+    sizes: dict[str, int]
+    label_fraction: float
+    split: str
+    seconds: float
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Plain JSON-safe dict: NaN becomes None, tuples become lists; no image or patient ids."""
+        def clean(v: float) -> float | None:
+            return None if math.isnan(v) else float(v)
+
+        return {
+            "macro_auroc": clean(self.macro_auroc),
+            "macro_ci": [clean(v) for v in self.macro_ci],
+            "per_label": {name: {"auroc": clean(d["auroc"]), "ci": [clean(v) for v in d["ci"]]}
+                          for name, d in self.per_label.items()},
+            "l2": self.l2, "sizes": dict(self.sizes), "label_fraction": self.label_fraction,
+            "split": self.split, "seconds": self.seconds,
+        }
+
+
+def _check_splits(features: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
+                  label_names: Sequence[str], splits: Sequence[str]) -> None:
+    for split in splits:
+        if split not in features or split not in labels:
+            raise DataError(f"probe: split {split!r} missing; features have {sorted(features)}, "
+                            f"labels have {sorted(labels)}")
+        x, y = features[split], labels[split]
+        if x.ndim != 2 or y.shape != (x.shape[0], len(label_names)) or x.shape[0] == 0:
+            raise DataError(f"probe: split {split!r} has features {x.shape} and labels {y.shape}; "
+                            f"expected (N, d) and (N, {len(label_names)}) with N > 0")
+
+
+def run_probe(features: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
+              label_names: Sequence[str], cfg: ProbeConfig,
+              eval_split: str = "val",
+              train_patients: Sequence[str] | None = None) -> ProbeResult:
+    """Fit on train (a ``cfg.label_fraction`` of its patients), pick L2 on val, report ``eval_split``.
+
+    ``features``/``labels``: split -> (N, d) / (N, L) arrays; ``train_patients``: (N_train,) patient
+    ids, required when ``label_fraction < 1``. The L2 strength is always chosen on val, so "val"
+    metrics are slightly optimistic (what the sweep ranks by) and "test" ones are not.
+    """
+    start = time.perf_counter()
+    if eval_split not in ("val", "test"):
+        raise ValueError(f"eval_split must be 'val' or 'test', got {eval_split!r}")
+    _check_splits(features, labels, label_names, sorted({"train", "val", eval_split}))
+    x_train, y_train = features["train"], labels["train"]
+    if cfg.label_fraction < 1:
+        if train_patients is None or len(train_patients) != len(x_train):
+            raise DataError(f"probe: label_fraction {cfg.label_fraction} needs one patient id per train row")
+        keep = label_fraction_mask(train_patients, cfg.label_fraction, cfg.seed)
+        x_train, y_train = x_train[keep], y_train[keep]
+    probe = fit_linear_probe(x_train, y_train, features["val"], labels["val"], cfg.l2_grid)
+
+    y_eval = np.asarray(labels[eval_split])
+    scores = probe.predict(features[eval_split])
+    macro, per_label = macro_auroc(y_eval, scores)
+    boot = bootstrap_aurocs(y_eval, scores, cfg.bootstrap, cfg.seed)
+    alpha = 0.05
+    return ProbeResult(
+        macro_auroc=macro,
+        macro_ci=_percentile_ci(_macro_of_resamples(boot, per_label), alpha),
+        per_label={name: {"auroc": float(per_label[j]), "ci": _percentile_ci(boot[:, j], alpha)}
+                   for j, name in enumerate(label_names)},
+        l2=probe.l2,
+        sizes={"train": len(x_train), **{s: len(features[s]) for s in sorted({"val", eval_split})}},
+        label_fraction=cfg.label_fraction,
+        split=eval_split,
+        seconds=time.perf_counter() - start,
+    )
+
+
+__all__ = [
+    "LinearProbe",
+    "ProbeResult",
+    "auroc",
+    "bootstrap_aurocs",
+    "bootstrap_ci",
+    "bootstrap_per_label",
+    "extract_features",
+    "fit_linear_probe",
+    "label_fraction_mask",
+    "macro_auroc",
+    "run_probe",
+]
