@@ -56,7 +56,62 @@ def _data_info(args: argparse.Namespace) -> None:
     print(describe(open_cache(args.cache)))
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_data]
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="multimodal MSN pretraining on a cache (resumes if --out has a checkpoint)")
+    p.add_argument("--config", type=Path, default=None, help="YAML config (default: the CPU quickstart defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set optim.lr=1e-3 (repeatable)")
+    p.add_argument("--data", type=Path, required=True, help="cache directory from 'mmsn data prepare'")
+    p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, TensorBoard events)")
+    p.set_defaults(func=_pretrain)
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from mmsn.config import load_config
+    from mmsn.data.cache import open_cache
+    from mmsn.pretrain import pretrain
+
+    cfg = load_config(args.config, args.overrides)
+    cache = open_cache(args.data)
+    info = pretrain(cfg, cache, args.out, log=lambda line: print(line, flush=True))
+    print(f"done: {info['epoch']} epochs, {info['step']} steps -> {args.out}")
+
+
+def _add_probe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("probe", help="linear probe of a run's image-only target encoder")
+    p.add_argument("--checkpoint", type=Path, required=True, help="run directory from 'mmsn pretrain'")
+    p.add_argument("--data", type=Path, required=True, help="cache directory")
+    p.add_argument("--label-fraction", type=float, default=None, help="fraction of train labels (by patient)")
+    p.add_argument("--split", choices=("val", "test"), default="val", help="split to report (L2 is chosen on val)")
+    p.add_argument("--random-init", action="store_true",
+                   help="probe a randomly initialised encoder of the run's architecture (a baseline)")
+    p.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    p.set_defaults(func=_probe)
+
+
+def _probe(args: argparse.Namespace) -> None:
+    import dataclasses
+    import json
+
+    from mmsn.checkpoint import load_encoder
+    from mmsn.data.cache import open_cache
+    from mmsn.engine import resolve_device
+    from mmsn.evaluate import probe_encoder
+
+    encoder, cfg = load_encoder(args.checkpoint, random_init=args.random_init)
+    probe_cfg = cfg.probe
+    if args.label_fraction is not None:
+        probe_cfg = dataclasses.replace(probe_cfg, label_fraction=args.label_fraction)
+    device = resolve_device(cfg)
+    result = probe_encoder(encoder.to(device), open_cache(args.data), probe_cfg, cfg.views.size, device, args.split)
+    payload = {**result.to_json_dict(), "checkpoint": str(args.checkpoint), "random_init": args.random_init}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"{args.split} macro AUROC {result.macro_auroc:.4f} "
+          f"[{result.macro_ci[0]:.4f}, {result.macro_ci[1]:.4f}] -> {args.out}")
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_data, _add_pretrain, _add_probe]
 
 
 def build_parser() -> argparse.ArgumentParser:

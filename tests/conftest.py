@@ -52,3 +52,21 @@ def tiny_cache(tmp_path: Path, source: Source) -> Path:
     from mmsn.data.prepare import prepare
 
     return prepare(source, tmp_path / "cache", size=16, seed=0, split=(0.6, 0.2, 0.2), n=None)
+
+
+@pytest.fixture(scope="session")
+def synthetic_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real synthetic cache: 600 images at 32 px (seconds to render), shared by the session."""
+    from mmsn.data.prepare import prepare
+    from mmsn.data.registry import load_source
+
+    out = tmp_path_factory.mktemp("synthetic") / "cache"
+    return prepare(load_source("synthetic", None, 0), out, size=32, seed=0, split=(0.6, 0.2, 0.2), n=600)
+
+
+TINY_RUN = [
+    "views.size=32", "views.focal_size=16", "views.n_focal=2", "model.backbone=vit_nano",
+    "model.head_hidden=64", "model.head_out=32", "model.n_prototypes=32", "ehr.embed_dim=16",
+    "train.batch_size=32", "train.epochs=2", "train.max_steps_per_epoch=3", "train.log_every=1",
+    "probe.bootstrap=50", "ehr.features=[demographic, scan]",
+]

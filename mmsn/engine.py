@@ -1,0 +1,228 @@
+"""The pretraining engine: one pure-PyTorch loop used alone (``mmsn pretrain``) and by Ray Train workers.
+
+Pieces are small and composable so a distributed driver can reuse them: ``build_run`` (model,
+optimiser, loss, views), ``make_loader`` (distributed sampler over the train split), ``train_epoch``,
+``state_dict`` / ``load_state_dict`` (everything needed to resume bit for bit). Schedules are pure
+functions of the global step (mmsn.schedules), so a resumed run continues the same schedule.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from mmsn.config import Config, to_dict
+from mmsn.data.cache import Cache
+from mmsn.data.dataset import CacheImages, fit_ehr_encoder, split_dataset
+from mmsn.data.ehr import EHREncoder
+from mmsn.errors import MMSNError
+from mmsn.losses import MSNLoss
+from mmsn.models.msn import MultimodalMSN
+from mmsn.schedules import ema_momentum, learning_rate
+from mmsn.views import MultiCropViews
+
+Log = Callable[[str], None]
+
+
+class NonFiniteLossError(MMSNError):
+    """The loss became NaN/inf: the run stops instead of training on garbage."""
+
+
+@dataclass
+class Run:
+    """Everything one pretraining run holds; ``net`` is ``model`` or its DDP wrapper."""
+
+    cfg: Config
+    model: MultimodalMSN
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: MSNLoss
+    views: MultiCropViews
+    ehr_encoder: EHREncoder
+    train_set: CacheImages
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    steps_per_epoch: int
+    rank: int = 0
+    world_size: int = 1
+    step: int = 0  # optimiser steps taken
+    epoch: int = 0  # epochs completed
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.train.epochs * self.steps_per_epoch
+
+
+def resolve_device(cfg: Config) -> torch.device:
+    if cfg.train.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise MMSNError("train.device: cuda requested but no GPU is visible")
+    return torch.device(cfg.train.device)
+
+
+def resolve_amp(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on GPU (auto), fp32 on CPU; explicit 'bf16' also works on CPU."""
+    if cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def steps_per_epoch(cfg: Config, n_train: int, world_size: int) -> int:
+    steps = n_train // (cfg.train.batch_size * world_size)
+    if steps == 0:
+        raise MMSNError(f"train.batch_size {cfg.train.batch_size} x {world_size} workers exceeds the "
+                        f"{n_train} train images of the cache; lower train.batch_size")
+    cap = cfg.train.max_steps_per_epoch
+    return min(steps, cap) if cap else steps
+
+
+def build_run(cfg: Config, cache: Cache, device: torch.device | None = None, rank: int = 0,
+              world_size: int = 1, wrap: Callable[[nn.Module], nn.Module] | None = None) -> Run:
+    """Build model, optimiser, loss and views for ``cfg`` on ``cache``'s train split.
+
+    ``wrap`` (e.g. Ray Train's ``prepare_model``) turns the model into its DDP wrapper.
+    """
+    device = device or resolve_device(cfg)
+    torch.manual_seed(cfg.train.seed)  # same init on every worker, before DDP broadcasts anyway
+    encoder = fit_ehr_encoder(cache, cfg.ehr.features, cfg.ehr.fusion)
+    train_set = split_dataset(cache, "train", encoder)
+    model = MultimodalMSN(cfg.model, cfg.mask, cfg.ehr, encoder.width, cfg.views.size).to(device)
+    net = wrap(model) if wrap is not None else model
+    optimizer = torch.optim.AdamW(model.param_groups(cfg.optim.weight_decay), lr=cfg.optim.start_lr,
+                                  betas=cfg.optim.betas)
+    loss_fn = MSNLoss(cfg.loss.temperature, cfg.loss.sinkhorn_iterations, cfg.loss.me_max_weight)
+    return Run(cfg=cfg, model=model, net=net, optimizer=optimizer, loss_fn=loss_fn,
+               views=MultiCropViews(cfg.views), ehr_encoder=encoder, train_set=train_set, device=device,
+               amp_dtype=resolve_amp(cfg, device), rank=rank, world_size=world_size,
+               steps_per_epoch=steps_per_epoch(cfg, len(train_set), world_size))
+
+
+def make_loader(run: Run, epoch: int) -> DataLoader:
+    """This worker's shard of the train split for ``epoch``, shuffled by (seed, epoch)."""
+    sampler: DistributedSampler = DistributedSampler(
+        run.train_set, num_replicas=run.world_size, rank=run.rank, shuffle=True,
+        seed=run.cfg.train.seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    return DataLoader(run.train_set, batch_size=run.cfg.train.batch_size, sampler=sampler, drop_last=True,
+                      num_workers=run.cfg.train.num_workers, pin_memory=run.device.type == "cuda",
+                      persistent_workers=False)
+
+
+def apply_schedules(run: Run) -> dict[str, float]:
+    """Set lr and weight decay of the optimiser for the current step; return them and the EMA momentum."""
+    o, total = run.cfg.optim, run.total_steps
+    warmup = int(round(o.warmup_epochs * run.steps_per_epoch))
+    lr = learning_rate(run.step, total, warmup, o.start_lr, o.lr, o.final_lr)
+    wd = o.final_weight_decay + 0.5 * (o.weight_decay - o.final_weight_decay) * (
+        1 + math.cos(math.pi * min(run.step / max(total, 1), 1.0)))
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+        if group.get("apply_wd", True):
+            group["weight_decay"] = wd
+    return {"lr": lr, "weight_decay": wd, "ema": ema_momentum(run.step, total, o.ema_start, o.ema_end)}
+
+
+def step_generator(run: Run) -> torch.Generator:
+    """Views and masks of step s on worker r come from (seed, s, r) alone: resume needs no replay."""
+    seed = int(np.random.SeedSequence([run.cfg.train.seed, run.step, run.rank]).generate_state(1)[0])
+    return torch.Generator(device=run.device).manual_seed(seed)
+
+
+def train_step(run: Run, images: torch.Tensor, ehr: torch.Tensor) -> dict[str, float]:
+    """One optimiser step on a uint8 batch (B,H,W) and its EHR (B,w); returns the logged scalars."""
+    sched = apply_schedules(run)
+    gen = step_generator(run)
+    images = images.to(run.device, non_blocking=True)
+    ehr = ehr.to(run.device, non_blocking=True)
+    target, anchor, focal = run.views(images, gen)
+    with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
+        anchor_out, target_out = run.net(target, anchor, focal, ehr if ehr.shape[1] else None, gen)
+    out = run.loss_fn(anchor_out.float(), target_out.float(), run.model.prototypes, run.cfg.loss.target_temperature)
+    loss = out.loss.item()
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(f"step {run.step}: loss is {loss} (cross-entropy {out.cross_entropy.item()}, "
+                                 f"me-max {out.me_max.item()}, lr {sched['lr']:.3g}); lower optim.lr or check the data")
+    run.optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    grad_norm = _clip(run)
+    run.optimizer.step()
+    run.model.update_target(sched["ema"])
+    run.step += 1
+    return {"loss": loss, "cross_entropy": out.cross_entropy.item(), "me_max": out.me_max.item(),
+            "grad_norm": grad_norm, **sched}
+
+
+def _clip(run: Run) -> float:
+    params = [p for g in run.optimizer.param_groups for p in g["params"] if p.grad is not None]
+    max_norm = run.cfg.optim.clip_grad if run.cfg.optim.clip_grad > 0 else float("inf")
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+def train_epoch(run: Run, log: Log | None = None,
+                on_step: Callable[[dict[str, float]], None] | None = None) -> dict[str, float]:
+    """Train ``run.epoch``; returns mean loss parts and images/s. ``on_step`` sees every step's scalars."""
+    run.net.train()
+    loader = make_loader(run, run.epoch)
+    sums: dict[str, float] = {}
+    start, n_images = time.perf_counter(), 0
+    for k, (images, ehr) in enumerate(loader):
+        if k >= run.steps_per_epoch:
+            break
+        scalars = train_step(run, images, ehr)
+        n_images += images.shape[0]
+        scalars["images_per_s"] = n_images * run.world_size / (time.perf_counter() - start)
+        for key in ("loss", "cross_entropy", "me_max"):
+            sums[key] = sums.get(key, 0.0) + scalars[key]
+        if on_step is not None:
+            on_step(scalars)
+        if log is not None and (run.step % run.cfg.train.log_every == 0 or k + 1 == run.steps_per_epoch):
+            log(progress_line(run, k + 1, scalars, time.perf_counter() - start))
+    run.epoch += 1
+    steps = max(1, min(len(loader), run.steps_per_epoch))
+    seconds = time.perf_counter() - start
+    return {**{k: v / steps for k, v in sums.items()}, "epoch_seconds": seconds,
+            "images_per_s": n_images * run.world_size / max(seconds, 1e-9)}
+
+
+def progress_line(run: Run, k: int, s: dict[str, float], elapsed: float) -> str:
+    remaining_steps = run.total_steps - run.step
+    eta = remaining_steps * elapsed / max(k, 1)
+    return (f"epoch {run.epoch + 1}/{run.cfg.train.epochs} step {k}/{run.steps_per_epoch} "
+            f"loss {s['loss']:.4f} (ce {s['cross_entropy']:.4f} me-max {s['me_max']:.4f}) "
+            f"lr {s['lr']:.2e} ema {s['ema']:.4f} {s['images_per_s']:.0f} img/s eta {_duration(eta)}")
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def state_dict(run: Run) -> dict[str, Any]:
+    """Everything needed to resume bit for bit: weights, optimiser, counters, RNG states, config."""
+    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "step": run.step,
+            "epoch": run.epoch, "config": to_dict(run.cfg), "ehr_encoder": run.ehr_encoder.to_dict(), "rng": rng}
+
+
+def load_state_dict(run: Run, state: dict[str, Any]) -> None:
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.step, run.epoch = int(state["step"]), int(state["epoch"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])

@@ -1,0 +1,38 @@
+"""Linear-probe evaluation of an encoder on a cache: features once, then the probe (mmsn.probe)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from mmsn.config import ProbeConfig
+from mmsn.data.cache import Cache
+from mmsn.probe import ProbeResult, extract_features, run_probe
+
+Encode = Callable[[torch.Tensor], torch.Tensor]
+
+
+def probe_encoder(encode: Encode, cache: Cache, cfg: ProbeConfig, size: int, device: torch.device,
+                  eval_split: str = "val") -> ProbeResult:
+    """Probe ``encode`` ((B,1,S,S) -> (B,d)) on the cache: fit on train, L2 on val, report ``eval_split``.
+
+    The test split is read only when asked for (final analysis); the sweep scheduler sees val.
+    """
+    if device.type == "cuda":  # bf16 features on GPU, as in pretraining; the probe itself is float64
+        plain = encode
+
+        def encode(x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return plain(x).float()
+
+    splits = ["train", "val"] + (["test"] if eval_split == "test" else [])
+    features: dict[str, np.ndarray] = {}
+    labels: dict[str, np.ndarray] = {}
+    for split in splits:
+        rows = cache.rows(split)
+        features[split] = extract_features(encode, cache.images, rows, size, cfg.batch_size, device)
+        labels[split] = cache.label_matrix(rows)
+    train_patients = cache.table["patient_id"].to_numpy()[cache.rows("train")].astype(str)
+    return run_probe(features, labels, cache.labels, cfg, eval_split=eval_split, train_patients=train_patients)
