@@ -1,4 +1,4 @@
-"""The ``mmsn`` command: ``mmsn data prepare|info`` (later: pretrain, probe, sweep, analyze).
+"""The ``mmsn`` command: ``data prepare|info``, ``pretrain``, ``probe`` (``sweep``, ``analyze``: trainables.cli).
 
 User errors (MMSNError) print one clear line to stderr and exit 2; nothing is half-written.
 """
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from mmsn.errors import MMSNError
 
@@ -103,7 +103,8 @@ def _probe(args: argparse.Namespace) -> None:
     if args.label_fraction is not None:
         probe_cfg = dataclasses.replace(probe_cfg, label_fraction=args.label_fraction)
     device = resolve_device(cfg)
-    result = probe_encoder(encoder.to(device), open_cache(args.data), probe_cfg, cfg.views.size, device, args.split)
+    result = probe_encoder(encoder.to(device), open_cache(args.data), probe_cfg, cfg.views.size, device,
+                           (args.split,))[args.split]
     payload = {**result.to_json_dict(), "checkpoint": str(args.checkpoint), "random_init": args.random_init}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
@@ -114,16 +115,22 @@ def _probe(args: argparse.Namespace) -> None:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_data, _add_pretrain, _add_probe]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmsn", description=__doc__.splitlines()[0])
+Adder = Callable[[argparse._SubParsersAction], None]
+
+
+def build_parser(extra: Sequence[Adder] = ()) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmsn", description="Which EHR data, fused how, makes self-supervised CXR representations better.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in COMMANDS:
+    for add in [*COMMANDS, *extra]:
         add(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, extra: Sequence[Adder] = ()) -> int:
+    """Run one command. ``extra`` adds commands defined outside mmsn (trainables: sweep, analyze),
+    so this package never imports Ray."""
+    args = build_parser(extra).parse_args(argv)
     try:
         args.func(args)
     except MMSNError as err:

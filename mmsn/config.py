@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -202,7 +203,8 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
         _require(len(value) == len(args), key, f"expected {len(args)} values, got {list(value)!r}")
         return tuple(_coerce(v, a, key) for v, a in zip(value, args))
     if kind is float:
-        _require(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"expected a number, got {value!r}")
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        _require(is_number, key, f"expected a number, got {value!r}")
         return float(value)
     if kind is int:
         _require(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
@@ -295,5 +297,18 @@ def flat_fields(cls: type = Config, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-__all__ = ["Config", "ViewsConfig", "ModelConfig", "MaskConfig", "EHRConfig", "LossConfig", "OptimConfig",
-           "TrainConfig", "ProbeConfig", "load_config", "from_dict", "to_dict", "flat_fields"]
+__all__ = [
+    "Config",
+    "EHRConfig",
+    "LossConfig",
+    "MaskConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "ProbeConfig",
+    "TrainConfig",
+    "ViewsConfig",
+    "flat_fields",
+    "from_dict",
+    "load_config",
+    "to_dict",
+]

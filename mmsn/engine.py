@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -147,7 +148,7 @@ def train_step(run: Run, images: torch.Tensor, ehr: torch.Tensor) -> dict[str, f
     with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
         anchor_out, target_out = run.net(target, anchor, focal, ehr if ehr.shape[1] else None, gen)
     out = run.loss_fn(anchor_out.float(), target_out.float(), run.model.prototypes, run.cfg.loss.target_temperature)
-    loss = out.loss.item()
+    loss = _global_mean(out.loss)
     if not math.isfinite(loss):
         raise NonFiniteLossError(f"step {run.step}: loss is {loss} (cross-entropy {out.cross_entropy.item()}, "
                                  f"me-max {out.me_max.item()}, lr {sched['lr']:.3g}); lower optim.lr or check the data")
@@ -159,6 +160,16 @@ def train_step(run: Run, images: torch.Tensor, ehr: torch.Tensor) -> dict[str, f
     run.step += 1
     return {"loss": loss, "cross_entropy": out.cross_entropy.item(), "me_max": out.me_max.item(),
             "grad_norm": grad_norm, **sched}
+
+
+def _global_mean(loss: torch.Tensor) -> float:
+    """The loss averaged over DDP workers. A NaN/inf on any rank poisons the sum, so every rank
+    raises NonFiniteLossError at the same step instead of one rank leaving the others in a collective."""
+    value = loss.detach().clone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(value)
+        value /= torch.distributed.get_world_size()
+    return float(value.item())
 
 
 def _clip(run: Run) -> float:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -15,8 +15,9 @@ Encode = Callable[[torch.Tensor], torch.Tensor]
 
 
 def probe_encoder(encode: Encode, cache: Cache, cfg: ProbeConfig, size: int, device: torch.device,
-                  eval_split: str = "val") -> ProbeResult:
-    """Probe ``encode`` ((B,1,S,S) -> (B,d)) on the cache: fit on train, L2 on val, report ``eval_split``.
+                  eval_splits: Sequence[str] = ("val",)) -> dict[str, ProbeResult]:
+    """Probe ``encode`` ((B,1,S,S) -> (B,d)) on the cache: fit on train, L2 chosen on val, one result
+    per split in ``eval_splits``. Features are extracted once per split.
 
     The test split is read only when asked for (final analysis); the sweep scheduler sees val.
     """
@@ -27,7 +28,7 @@ def probe_encoder(encode: Encode, cache: Cache, cfg: ProbeConfig, size: int, dev
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 return plain(x).float()
 
-    splits = ["train", "val"] + (["test"] if eval_split == "test" else [])
+    splits = ["train", "val"] + (["test"] if "test" in eval_splits else [])
     features: dict[str, np.ndarray] = {}
     labels: dict[str, np.ndarray] = {}
     for split in splits:
@@ -35,4 +36,5 @@ def probe_encoder(encode: Encode, cache: Cache, cfg: ProbeConfig, size: int, dev
         features[split] = extract_features(encode, cache.images, rows, size, cfg.batch_size, device)
         labels[split] = cache.label_matrix(rows)
     train_patients = cache.table["patient_id"].to_numpy()[cache.rows("train")].astype(str)
-    return run_probe(features, labels, cache.labels, cfg, eval_split=eval_split, train_patients=train_patients)
+    return {split: run_probe(features, labels, cache.labels, cfg, eval_split=split, train_patients=train_patients)
+            for split in eval_splits}

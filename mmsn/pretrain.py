@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from mmsn.checkpoint import config_differences, has_checkpoint, load_state, save_run
@@ -43,7 +43,7 @@ def probe_milestone(run: Run, cache: Cache, epoch: int) -> bool:
 def run_probe_now(run: Run, cache: Cache, writer: SummaryWriter | None, log: Log) -> dict[str, Any]:
     """Probe the current target encoder on val; log macro and per-label AUROC."""
     run.model.eval()
-    result = probe_encoder(run.model.encode, cache, run.cfg.probe, run.cfg.views.size, run.device, "val")
+    result = probe_encoder(run.model.encode, cache, run.cfg.probe, run.cfg.views.size, run.device)["val"]
     log(f"probe after epoch {run.epoch}: val macro AUROC {result.macro_auroc:.4f} "
         f"[{result.macro_ci[0]:.4f}, {result.macro_ci[1]:.4f}] ({result.seconds:.1f} s)")
     if writer is not None:
@@ -68,7 +68,7 @@ def pretrain(cfg: Config, cache: Cache, out: Path, log: Log = print,
     info: dict[str, Any] = {"cache": str(cache.root), "dataset": cache.meta["dataset"]}
     try:
         while run.epoch < cfg.train.epochs:
-            metrics = train_epoch(run, log, lambda s: log_scalars(writer, "train", s, run.step))
+            metrics: dict[str, Any] = train_epoch(run, log, lambda s: log_scalars(writer, "train", s, run.step))
             log_scalars(writer, "epoch", metrics, run.epoch)
             if probe_milestone(run, cache, run.epoch):
                 metrics["probe"] = run_probe_now(run, cache, writer, log)

@@ -77,7 +77,8 @@ def test_nih14_labels_ehr_and_all_images(tmp_path: Path) -> None:
     assert len(source.table) == 6 and "official_split" not in source.table
     first = row(source, "00000001_001.png")
     assert positives(first, NIH14_LABELS) == {"Cardiomegaly", "Emphysema"}
-    assert (first["patient_id"], first["age"], first["sex"], first["view"], first["followup"]) == ("1", 58, "M", "PA", 1)
+    got = (first["patient_id"], first["age"], first["sex"], first["view"], first["followup"])
+    assert got == ("1", 58, "M", "PA", 1)
     assert positives(row(source, "00000002_000.png"), NIH14_LABELS) == set()  # No Finding kept, all 0
     typo = row(source, "00000003_000.png")
     assert np.isnan(typo["age"]) and typo["sex"] == "F"  # age 413 -> missing
@@ -155,7 +156,8 @@ def test_mimic_labels_ehr_stays_and_split(tmp_path: Path) -> None:
     assert "1 of 6" in source.notes["rows"]
     pa, lateral = row(source, D1), row(source, D2)
     assert positives(pa, CHEXPERT_LABELS) == {"No Finding"}
-    assert (pa["patient_id"], pa["age"], pa["sex"], pa["view"], pa["orientation"]) == ("10000032", 52, "F", "PA", "Erect")
+    got = (pa["patient_id"], pa["age"], pa["sex"], pa["view"], pa["orientation"])
+    assert got == ("10000032", 52, "F", "PA", "Erect")
     assert (pa["hosp_death"], pa["icu"]) == (0, 0)  # admission 19:17 spans the 21:30 study, flag 0
     assert lateral["view"] == "LATERAL"
     icu = row(source, D3)  # admission with flag 1 and an ICU stay both span the study

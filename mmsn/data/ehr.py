@@ -9,8 +9,9 @@ information the model can use rather than an imputed guess.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -102,7 +103,7 @@ class EHREncoder:
     codes: tuple[ColumnCode, ...]
 
     @classmethod
-    def fit(cls, table: pd.DataFrame, columns: Sequence[EHRColumn], train: np.ndarray) -> "EHREncoder":
+    def fit(cls, table: pd.DataFrame, columns: Sequence[EHRColumn], train: np.ndarray) -> EHREncoder:
         """``train``: boolean mask (N,) of train-split rows; only they shape the statistics."""
         return cls(tuple(fit_column(c, table[c.name], train) for c in columns))
 
@@ -123,5 +124,5 @@ class EHREncoder:
         return {"codes": [asdict(c) for c in self.codes]}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "EHREncoder":
+    def from_dict(cls, data: Mapping[str, Any]) -> EHREncoder:
         return cls(tuple(ColumnCode(**{**c, "categories": tuple(c["categories"])}) for c in data["codes"]))

@@ -11,8 +11,9 @@ import multiprocessing
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -80,7 +81,8 @@ def assign_split(table: pd.DataFrame, split: tuple[float, float, float] | str, s
             raise DataError("--split official: the official split puts a patient in two splits")
     else:
         names = patient_split(table["patient_id"], split, seed)  # type: ignore[arg-type]
-    for name, frac in zip(SPLITS, split if split != "official" else (1, 1, 1)):
+    fractions = (1.0, 1.0, 1.0) if isinstance(split, str) else split
+    for name, frac in zip(SPLITS, fractions):
         if frac > 0 and not (names == name).any():
             raise DataError(f"--split {split}: the {name} set is empty")
     return names

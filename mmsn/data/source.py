@@ -6,8 +6,9 @@ validates it, assigns the patient-level split, renders/resizes the images once a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd

@@ -1,0 +1,317 @@
+"""Search-space files -> a validated :class:`Space` (no Ray, no Optuna here).
+
+A space file states the base config, the axes with their distributions, conditional axes, seeds, the
+scheduler and its milestones, the metric, resources per trial and the budget; see quickstart.yaml for
+an annotated example. List-valued choices (``ehr.features: [[age], [age, view]]``) are carried as
+strings joined by ``+`` (``"age+view"``) because Optuna's categorical values must be scalars.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmsn.config import Config, flat_fields, from_dict, load_config, set_dotted, to_dict
+from mmsn.errors import ConfigError
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = HERE.parent / "mmsn" / "configs"
+AXIS_KINDS = ("choice", "grid", "uniform", "loguniform", "int")
+SCHEDULERS = ("fifo", "asha", "hyperband", "pbt")
+ALGORITHMS = ("grid", "optuna", "random")
+METRICS = ("val_auroc",)
+TOP_KEYS = {"name", "description", "base", "data", "axes", "seeds", "search", "scheduler", "metric",
+            "resources", "budget", "smoke"}
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One searched config key. ``when``: the axis exists only if every named key has one of the values."""
+
+    key: str
+    kind: str
+    values: tuple[Any, ...]
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+    def active(self, params: Mapping[str, Any]) -> bool:
+        return all(params.get(k) in allowed for k, allowed in self.when)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    dataset: str = "synthetic"
+    root: str | None = None
+    size: int = 64
+    n: int | None = 3000
+    seed: int = 0
+    split: str = "0.7,0.1,0.2"
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    type: str = "asha"
+    milestones: tuple[int, ...] = (2, 4, 8)  # epochs at which a probe runs and Tune gets a result
+    reduction_factor: int = 2
+    perturbation_interval: int = 1  # PBT: milestones between exploit/explore steps
+    mutations: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # PBT: key -> candidate values
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    algorithm: str = "grid"
+    num_samples: int = 1  # optuna/random: trials; grid: repeats of the whole grid
+    points_to_evaluate: tuple[dict[str, Any], ...] = ()
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Resources:
+    workers: int = 1  # Ray Train workers per trial
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0  # fractional: several small trials share one GPU
+    max_concurrent_trials: int = 1
+    probe_cpus: float = 1.0
+    probe_gpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class Budget:
+    time_budget_s: float = 0.0  # 0: no limit
+    max_failures: int = 1  # Ray Train retries of a dead worker group per segment
+
+
+@dataclass(frozen=True)
+class Space:
+    name: str
+    path: Path
+    description: str
+    base: Config
+    base_overrides: tuple[tuple[str, Any], ...]
+    data: DataSpec
+    axes: tuple[Axis, ...]
+    seeds: tuple[int, ...]
+    search: SearchSpec
+    scheduler: SchedulerSpec
+    metric: str = "val_auroc"
+    mode: str = "max"
+    resources: Resources = field(default_factory=Resources)
+    budget: Budget = field(default_factory=Budget)
+    smoke: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def epochs(self) -> int:
+        return self.scheduler.milestones[-1]
+
+    def config(self, params: Mapping[str, Any]) -> Config:
+        """The trial config: base + axis values (+ ``train.seed``); errors name the key and the file.
+        ``train.epochs`` is the last milestone, so every segment follows the same schedule."""
+        return _build(self.path, self.base, {**params, "train.epochs": self.epochs})
+
+
+def encode_value(value: Any) -> Any:
+    """List choices become "a+b" strings so Optuna/Tune can carry them as scalars."""
+    return "+".join(str(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def decode_value(key: str, value: Any) -> Any:
+    if isinstance(value, str) and flat_fields().get(key, str) is not str:
+        return [] if value == "" else value.split("+")
+    return value
+
+
+def _build(path: Path, base: Config, params: Mapping[str, Any]) -> Config:
+    data = to_dict(base)
+    for key, value in params.items():
+        set_dotted(data, key, decode_value(key, value))
+    try:
+        return from_dict(Config, data)  # type: ignore[no-any-return]
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def _err(path: Path, message: str) -> ConfigError:
+    return ConfigError(f"{path}: {message}")
+def _section(path: Path, raw: Mapping[str, Any], name: str, cls: type,
+             convert: Callable[[dict], dict] | None = None) -> Any:
+    data = dict(raw.get(name) or {})
+    valid = set(cls.__dataclass_fields__)
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise _err(path, f"unknown key '{name}.{unknown[0]}'; valid: {', '.join(sorted(valid))}")
+    try:
+        return cls(**(convert(data) if convert else data))
+    except TypeError as err:
+        raise _err(path, f"{name}: {err}") from None
+
+
+def _check_key(path: Path, key: str, where: str) -> None:
+    if key not in flat_fields():
+        raise _err(path, f"{where}: unknown config key {key!r} (see mmsn/config.py for the keys)")
+
+
+def _parse_axis(path: Path, key: str, spec: Any) -> Axis:
+    _check_key(path, key, f"axes.{key}")
+    if not isinstance(spec, Mapping):
+        raise _err(path, f"axes.{key}: expected a mapping like {{choice: [...]}}")
+    kinds = [k for k in spec if k in AXIS_KINDS]
+    extra = sorted(set(spec) - set(AXIS_KINDS) - {"when"})
+    if len(kinds) != 1 or extra:
+        raise _err(path, f"axes.{key}: give exactly one of {', '.join(AXIS_KINDS)} (and optionally 'when')")
+    kind = kinds[0]
+    values = tuple(encode_value(v) for v in spec[kind])
+    if kind in ("uniform", "loguniform", "int"):
+        if len(values) != 2 or not values[0] < values[1] or (kind == "loguniform" and values[0] <= 0):
+            raise _err(path, f"axes.{key}: {kind} needs [low, high] with low < high (> 0 for loguniform)")
+    elif not values:
+        raise _err(path, f"axes.{key}: {kind} needs at least one value")
+    when = []
+    for cond_key, allowed in (spec.get("when") or {}).items():
+        _check_key(path, cond_key, f"axes.{key}.when")
+        allowed = allowed if isinstance(allowed, list) else [allowed]
+        when.append((cond_key, tuple(encode_value(v) for v in allowed)))
+    return Axis(key, kind, values, tuple(when))
+
+
+def _overrides(path: Path, raw: Any, where: str) -> tuple[tuple[str, Any], ...]:
+    items = tuple((raw or {}).items())
+    for key, _ in items:
+        _check_key(path, key, f"{where}.{key}")
+    return items
+
+
+def _base_config(path: Path, raw: Mapping[str, Any]) -> tuple[Config, tuple[tuple[str, Any], ...]]:
+    base = raw.get("base") or {}
+    name = base.get("config", "quickstart")
+    file = Path(name) if str(name).endswith(".yaml") else CONFIGS / f"{name}.yaml"
+    if not file.is_absolute() and not file.exists():
+        file = path.parent / file
+    if not file.is_file():
+        raise _err(path, f"base.config: no config {name!r} (looked for {file})")
+    overrides = _overrides(path, base.get("set"), "base.set")
+    return _build(path, load_config(file), dict(overrides)), overrides
+
+
+def _scheduler(data: dict) -> dict:
+    data["milestones"] = tuple(int(m) for m in data.get("milestones", SchedulerSpec.milestones))
+    data["mutations"] = tuple((k, tuple(v)) for k, v in (data.get("mutations") or {}).items())
+    return data
+
+
+def load_space(path: str | Path, smoke: bool = False) -> Space:
+    """Read and validate a space file; ``smoke`` applies its ``smoke:`` overrides (tiny, fast)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise _err(path, f"cannot read search space ({err})") from None
+    unknown = sorted(set(raw) - TOP_KEYS)
+    if unknown:
+        raise _err(path, f"unknown key {unknown[0]!r}; valid: {', '.join(sorted(TOP_KEYS))}")
+    if smoke:
+        raw = _apply_smoke(path, raw)
+    base, overrides = _base_config(path, raw)
+    metric = raw.get("metric") or {}
+    space = Space(
+        name=str(raw.get("name") or path.stem), path=path, description=str(raw.get("description", "")),
+        base=base, base_overrides=overrides, data=_section(path, raw, "data", DataSpec),
+        axes=tuple(_parse_axis(path, k, v) for k, v in (raw.get("axes") or {}).items()),
+        seeds=tuple(int(s) for s in raw.get("seeds", [0])),
+        search=_section(path, raw, "search", SearchSpec,
+                        lambda d: {**d, "points_to_evaluate": tuple(d.get("points_to_evaluate", ()))}),
+        scheduler=_section(path, raw, "scheduler", SchedulerSpec, _scheduler),
+        metric=str(metric.get("name", "val_auroc")), mode=str(metric.get("mode", "max")),
+        resources=_section(path, raw, "resources", Resources), budget=_section(path, raw, "budget", Budget),
+        smoke=_overrides(path, raw.get("smoke", {}).get("set") if raw.get("smoke") else None, "smoke.set"),
+    )
+    validate(space)
+    return space
+
+
+def _apply_smoke(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """Merge the file's ``smoke:`` section (base.set, data, scheduler, search, seeds) over the space."""
+    smoke = raw.get("smoke") or {}
+    merged = dict(raw)
+    merged["base"] = {**(raw.get("base") or {}),
+                      "set": {**((raw.get("base") or {}).get("set") or {}), **(smoke.get("set") or {})}}
+    for section in ("data", "scheduler", "search", "resources", "budget"):
+        if section in smoke:
+            merged[section] = {**(raw.get(section) or {}), **smoke[section]}
+    if "seeds" in smoke:
+        merged["seeds"] = smoke["seeds"]
+    return merged
+
+
+def validate(space: Space) -> None:
+    """Cross-field checks; also builds each choice once so a bad value fails before Ray starts."""
+    path, sched = space.path, space.scheduler
+    if sched.type not in SCHEDULERS:
+        raise _err(path, f"scheduler.type {sched.type!r}; valid: {', '.join(SCHEDULERS)}")
+    if space.search.algorithm not in ALGORITHMS:
+        raise _err(path, f"search.algorithm {space.search.algorithm!r}; valid: {', '.join(ALGORITHMS)}")
+    if space.metric not in METRICS or space.mode not in ("max", "min"):
+        raise _err(path, f"metric: name must be one of {METRICS} and mode max|min")
+    if not sched.milestones or list(sched.milestones) != sorted(set(sched.milestones)) or sched.milestones[0] < 1:
+        raise _err(path, f"scheduler.milestones {list(sched.milestones)}: strictly increasing epochs >= 1")
+    if space.search.algorithm == "grid" and any(a.kind not in ("choice", "grid") for a in space.axes):
+        raise _err(path, "search.algorithm grid: every axis must be choice or grid")
+    if sched.type == "pbt" and not sched.mutations:
+        raise _err(path, "scheduler.mutations: PBT needs at least one mutated key")
+    for key, _ in sched.mutations:
+        _check_key(path, key, f"scheduler.mutations.{key}")
+    for axis in space.axes:
+        for value in axis.values:
+            space.config({axis.key: value})
+    for point in space.search.points_to_evaluate:
+        space.config({k: encode_value(v) for k, v in point.items()})
+
+
+def grid_points(space: Space) -> list[dict[str, Any]]:
+    """The explicit grid: product of axis values, inactive conditional axes dropped, duplicates
+    merged, times the seeds (``train.seed``). Order is stable (file order)."""
+    keys = [a.key for a in space.axes]
+    points: list[dict[str, Any]] = []
+    for combo in itertools.product(*(a.values for a in space.axes)):
+        params = dict(zip(keys, combo))
+        params = {a.key: params[a.key] for a in space.axes if a.active(params)}
+        if params not in points:
+            points.append(params)
+    return [{**p, "train.seed": s} for p in points for s in space.seeds]
+
+
+def suggest(space: Space, trial: Any) -> dict[str, Any]:
+    """Define-by-run for Optuna: ``trial`` is an ``optuna.Trial``; conditional axes are asked only
+    when active. Returns the sampled params (plus the seed, a categorical when several)."""
+    params: dict[str, Any] = {}
+    for axis in space.axes:
+        if not axis.active(params):
+            continue
+        lo_hi = axis.values
+        if axis.kind in ("choice", "grid"):
+            params[axis.key] = trial.suggest_categorical(axis.key, list(axis.values))
+        elif axis.kind == "int":
+            params[axis.key] = trial.suggest_int(axis.key, int(lo_hi[0]), int(lo_hi[1]))
+        else:
+            params[axis.key] = trial.suggest_float(axis.key, float(lo_hi[0]), float(lo_hi[1]),
+                                                   log=axis.kind == "loguniform")
+    seeds = list(space.seeds)
+    params["train.seed"] = trial.suggest_categorical("train.seed", seeds) if len(seeds) > 1 else seeds[0]
+    return params
+
+
+def variant_name(cfg: Config) -> str:
+    """The EHR variant of a trial, what the analysis ranks: ``none`` or ``fusion:feature+feature``."""
+    if cfg.ehr.fusion == "none":
+        return "none"
+    return f"{cfg.ehr.fusion}:{'+'.join(cfg.ehr.features)}"
+
+
+def shipped_spaces() -> list[Path]:
+    return sorted(HERE.glob("*.yaml"))
+
+
+__all__ = ["Axis", "Space", "grid_points", "load_space", "shipped_spaces", "suggest", "variant_name"]

@@ -1,0 +1,185 @@
+"""The sweep driver behind ``mmsn sweep SPACE.yaml``: Ray Tune + Optuna over a declarative space.
+
+Experiment layout (``STORAGE/NAME/``): Tune's own files and one directory per trial (``tb/`` events,
+``probes/epoch_XXX.json`` with val and test probe results), ``sweep.json`` (how the sweep was started),
+``space.yaml`` (a copy of the space), ``optuna.db`` (the Optuna study, sqlite) and ``train_runs/``
+(Ray Train's segment runs and checkpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mmsn.data.cache import open_cache
+from mmsn.errors import MMSNError
+from search_spaces.loader import Space, encode_value, grid_points, load_space, suggest
+
+
+def ensure_cache(space: Space, storage: Path) -> Path:
+    """Prepare the space's data cache once under ``STORAGE/caches`` (reused by later sweeps)."""
+    from mmsn.data.prepare import prepare
+    from mmsn.data.registry import load_source
+    from mmsn.data.splits import parse_fractions
+
+    d = space.data
+    out = storage / "caches" / f"{d.dataset}-{d.size}px-n{d.n or 'all'}-seed{d.seed}"
+    try:
+        open_cache(out)
+        return out
+    except MMSNError:
+        pass
+    split = "official" if d.split == "official" else parse_fractions(d.split)
+    source = load_source(d.dataset, Path(d.root) if d.root else None, d.seed)
+    print(f"preparing {d.dataset} cache ({d.n or 'all'} images at {d.size} px) -> {out}", flush=True)
+    return prepare(source, out, size=d.size, seed=d.seed, split=split, n=d.n, overwrite=True)
+
+
+def build_search(space: Space, experiment: Path) -> tuple[Any, dict[str, Any], int]:
+    """(search algorithm or None, param_space, num_samples) for the space's algorithm."""
+    from ray import tune
+
+    if space.search.algorithm == "grid":
+        return None, {"params": tune.grid_search(grid_points(space))}, space.search.num_samples
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    def define(trial: Any) -> dict[str, Any]:
+        params = suggest(space, trial)
+        return {k: v for k, v in params.items() if k not in trial.params}  # constants only
+
+    sampler = (optuna.samplers.RandomSampler(seed=space.search.seed) if space.search.algorithm == "random"
+               else optuna.samplers.TPESampler(seed=space.search.seed))
+    points = [{k: encode_value(v) for k, v in p.items()} for p in space.search.points_to_evaluate]
+    search = OptunaSearch(space=define, metric=space.metric, mode=space.mode, sampler=sampler,
+                          points_to_evaluate=points or None, study_name=space.name,
+                          storage=optuna.storages.RDBStorage(f"sqlite:///{experiment / 'optuna.db'}"))
+    return search, {}, space.search.num_samples
+
+
+def build_scheduler(space: Space) -> Any:
+    """ASHA / HyperBand / PBT / FIFO acting on the probe's val AUROC at each milestone epoch."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, PopulationBasedTraining
+
+    s, m = space.scheduler, space.scheduler.milestones
+    common = {"time_attr": "epoch", "metric": space.metric, "mode": space.mode}
+    if s.type == "asha":
+        return ASHAScheduler(max_t=m[-1], grace_period=m[0], reduction_factor=s.reduction_factor, **common)
+    if s.type == "hyperband":
+        return HyperBandScheduler(max_t=m[-1], reduction_factor=s.reduction_factor, **common)
+    if s.type == "pbt":
+        interval = m[min(s.perturbation_interval, len(m)) - 1]
+        return PopulationBasedTraining(perturbation_interval=interval, seed=space.search.seed,
+                                       hyperparam_mutations={k: list(v) for k, v in s.mutations}, **common)
+    return FIFOScheduler()
+
+
+def local_cpus(space: Space) -> int:
+    """Logical CPUs for a local Ray: enough for max_concurrent_trials trials (their drivers take a
+    sliver; train workers and the probe task never run at the same time within a trial)."""
+    r = space.resources
+    per_trial = max(r.workers * r.cpus_per_worker, r.probe_cpus) + 0.05
+    return max(os.cpu_count() or 1, math.ceil(r.max_concurrent_trials * per_trial))
+
+
+def start_ray(space: Space, address: str | None) -> None:
+    import ray
+
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=local_cpus(space), include_dashboard=True, dashboard_host="127.0.0.1",
+                 log_to_driver=True)
+
+
+def make_tuner(space: Space, experiment: Path, cache: Path, resume: bool) -> Any:
+    from ray import tune
+
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable(), space=space, cache=str(cache), experiment=str(experiment)),
+        {"cpu": 0.05})
+    if resume:
+        if not tune.Tuner.can_restore(str(experiment)):
+            raise MMSNError(f"--resume: {experiment} holds no Tune experiment to restore")
+        return tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=False)
+    search, param_space, num_samples = build_search(space, experiment)
+    return tune.Tuner(
+        trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(search_alg=search, scheduler=build_scheduler(space), num_samples=num_samples,
+                                    max_concurrent_trials=space.resources.max_concurrent_trials,
+                                    time_budget_s=space.budget.time_budget_s or None),
+        run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent),
+                                  failure_config=tune.FailureConfig(max_failures=0), verbose=1),
+    )
+
+
+def _trainable() -> Any:
+    from trainables.trial import msn_trial
+
+    return msn_trial
+
+
+def record_sweep(space: Space, experiment: Path, cache: Path, smoke: bool) -> None:
+    experiment.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(space.path, experiment / "space.yaml")
+    (experiment / "sweep.json").write_text(json.dumps(
+        {"space": str(space.path.resolve()), "name": space.name, "smoke": smoke, "cache": str(cache),
+         "metric": space.metric, "mode": space.mode, "milestones": list(space.scheduler.milestones)}, indent=2))
+
+
+def run_sweep(space_path: Path, name: str | None = None, storage: Path = Path("experiments"),
+              smoke: bool = False, resume: bool = False, address: str | None = None) -> Path:
+    """Validate the space (before Ray starts), prepare the cache, run or resume the sweep."""
+    space = load_space(space_path, smoke=smoke)
+    storage = storage.resolve()
+    experiment = storage / (name or space.name + ("-smoke" if smoke else ""))
+    if experiment.exists() and not resume and (experiment / "sweep.json").exists():
+        raise MMSNError(f"{experiment}: exists; pass --resume to continue it or --name for a new sweep")
+    cache = ensure_cache(space, storage)
+    if not resume:
+        record_sweep(space, experiment, cache, smoke)
+    start_ray(space, address)
+    results = make_tuner(space, experiment, cache, resume).fit()
+    from trainables.summary import print_summary
+
+    print_summary(results, space, experiment)
+    return experiment
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("space", type=Path, help="search-space YAML (see search_spaces/)")
+    p.add_argument("--name", default=None, help="experiment name (default: the space's name)")
+    p.add_argument("--storage", type=Path, default=Path("experiments"),
+                   help="directory holding experiments and data caches (shared storage on a cluster)")
+    p.add_argument("--smoke", action="store_true", help="apply the space's smoke settings (tiny, fast)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+
+
+def sweep_command(args: argparse.Namespace) -> None:
+    run_sweep(args.space, args.name, args.storage, args.smoke, args.resume, args.address)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m trainables.sweep SPACE.yaml ...`` (what ``ray job submit`` runs)."""
+    parser = argparse.ArgumentParser(prog="python -m trainables.sweep", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        sweep_command(args)
+    except MMSNError as err:
+        print(f"mmsn sweep: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
