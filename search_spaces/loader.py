@@ -25,6 +25,7 @@ AXIS_KINDS = ("choice", "grid", "uniform", "loguniform", "int")
 SCHEDULERS = ("fifo", "asha", "hyperband", "pbt")
 ALGORITHMS = ("grid", "optuna", "random")
 METRICS = ("val_auroc",)
+INACTIVE = "-"  # value of a conditional axis that does not apply to a trial (e.g. features when fusion=none)
 TOP_KEYS = {"name", "description", "base", "data", "axes", "seeds", "search", "scheduler", "metric",
             "resources", "budget", "smoke"}
 
@@ -110,7 +111,8 @@ class Space:
     def config(self, params: Mapping[str, Any]) -> Config:
         """The trial config: base + axis values (+ ``train.seed``); errors name the key and the file.
         ``train.epochs`` is the last milestone, so every segment follows the same schedule."""
-        return _build(self.path, self.base, {**params, "train.epochs": self.epochs})
+        active = {k: v for k, v in params.items() if v != INACTIVE}
+        return _build(self.path, self.base, {**active, "train.epochs": self.epochs})
 
 
 def encode_value(value: Any) -> Any:
@@ -233,7 +235,8 @@ def load_space(path: str | Path, smoke: bool = False) -> Space:
 
 
 def _apply_smoke(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
-    """Merge the file's ``smoke:`` section (base.set, data, scheduler, search, seeds) over the space."""
+    """Merge the file's ``smoke:`` section over the space: ``set`` extends base.set; data, scheduler,
+    search, resources and budget are merged key by key; seeds and axes are replaced."""
     smoke = raw.get("smoke") or {}
     merged = dict(raw)
     merged["base"] = {**(raw.get("base") or {}),
@@ -241,8 +244,9 @@ def _apply_smoke(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
     for section in ("data", "scheduler", "search", "resources", "budget"):
         if section in smoke:
             merged[section] = {**(raw.get(section) or {}), **smoke[section]}
-    if "seeds" in smoke:
-        merged["seeds"] = smoke["seeds"]
+    for replaced in ("seeds", "axes"):  # replaced whole: a smoke run keeps only a corner of the grid
+        if replaced in smoke:
+            merged[replaced] = smoke[replaced]
     return merged
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from mmsn.data.cache import open_cache
 from mmsn.errors import MMSNError
-from search_spaces.loader import Space, encode_value, grid_points, load_space, suggest
+from search_spaces.loader import INACTIVE, Space, encode_value, grid_points, load_space, suggest
 
 
 def ensure_cache(space: Space, storage: Path) -> Path:
@@ -47,7 +47,14 @@ def build_search(space: Space, experiment: Path) -> tuple[Any, dict[str, Any], i
     from ray import tune
 
     if space.search.algorithm == "grid":
-        return None, {"params": tune.grid_search(grid_points(space))}, space.search.num_samples
+        # Grid points are fed as points_to_evaluate of a flat space, so the progress table and the
+        # TensorBoard hparams view get one column per axis; an inactive conditional axis shows INACTIVE.
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        keys = [a.key for a in space.axes] + ["train.seed"]
+        points = [{k: p.get(k, INACTIVE) for k in keys} for p in grid_points(space)] * space.search.num_samples
+        param_space = {k: tune.choice(sorted({p[k] for p in points}, key=str)) for k in keys}
+        return BasicVariantGenerator(points_to_evaluate=points), param_space, len(points)
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -92,6 +99,8 @@ def local_cpus(space: Space) -> int:
 def start_ray(space: Space, address: str | None) -> None:
     import ray
 
+    if ray.is_initialized():  # an embedding program (or a test) already connected
+        return
     if address:
         ray.init(address=address, log_to_driver=True)
     else:

@@ -72,7 +72,9 @@ def _restore(checkpoint: ray.tune.Checkpoint | None) -> tuple[str | None, int, f
 
 def _probe(space: Space, run_dir: str, cache: str) -> dict[str, Any]:
     res = space.resources
-    task = probe_run_dir.options(num_cpus=res.probe_cpus, num_gpus=res.probe_gpus)
+    # "DEFAULT" leaves the trial's own placement group (a sliver of CPU for the trial driver), so the
+    # probe gets the CPUs/GPUs the train workers just released.
+    task = probe_run_dir.options(num_cpus=res.probe_cpus, num_gpus=res.probe_gpus, scheduling_strategy="DEFAULT")
     return ray.get(task.remote(run_dir, cache))  # type: ignore[no-any-return]
 
 
@@ -84,9 +86,8 @@ def _log_probe(writer: SummaryWriter, probes: dict[str, Any], epoch: int) -> Non
 
 
 def msn_trial(config: dict[str, Any], space: Space, cache: str, experiment: str) -> None:
-    """Tune function trainable. ``config`` holds the sampled params (flat dotted keys), either at the
-    top level (Optuna) or under ``"params"`` (grid)."""
-    params = dict(config.get("params", config))
+    """Tune function trainable. ``config`` holds the sampled params, flat dotted keys (``optim.lr``)."""
+    params = dict(config)
     cfg = space.config(params)
     trial_dir = Path(ray.tune.get_context().get_trial_dir())
     trial_id = ray.tune.get_context().get_trial_id()

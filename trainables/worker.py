@@ -9,6 +9,7 @@ only. A retried worker group resumes from ``ray.train.get_checkpoint()``.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,21 @@ def _report(run: Run, metrics: dict[str, Any], info: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
+FAULT_ENV = "MMSN_TEST_KILL_WORKER"
+
+
+def _maybe_die(run: Run) -> None:
+    """Fault injection for the retry test: ``MMSN_TEST_KILL_WORKER=RANK:EPOCH:MARKER`` kills that rank
+    (hard exit, like a lost node) after reporting that epoch, once: MARKER records that it happened."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    rank, epoch, marker = spec.split(":", 2)
+    if run.rank == int(rank) and run.epoch == int(epoch) and not os.path.exists(marker):
+        Path(marker).write_text(f"killed rank {rank} after epoch {epoch}\n")
+        os._exit(1)
+
+
 def train_segment(config: dict[str, Any]) -> None:
     """Train from the start state to epoch ``config["until_epoch"]``.
 
@@ -74,6 +90,7 @@ def train_segment(config: dict[str, Any]) -> None:
                 ray.train.report({"non_finite": str(err), "epoch": run.epoch, "step": run.step}, checkpoint=None)
                 return
             _report(run, metrics, info)
+            _maybe_die(run)
     finally:
         if writer is not None:
             writer.close()

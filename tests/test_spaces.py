@@ -1,0 +1,83 @@
+"""Search spaces load and validate without Ray; typos fail naming the key and the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mmsn.errors import ConfigError
+from search_spaces.loader import INACTIVE, grid_points, load_space, shipped_spaces, suggest, variant_name
+
+QUICK = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml"
+
+
+@pytest.mark.parametrize("path", shipped_spaces(), ids=lambda p: p.name)
+@pytest.mark.parametrize("smoke", [False, True])
+def test_every_shipped_space_loads(path: Path, smoke: bool) -> None:
+    space = load_space(path, smoke=smoke)
+    assert space.axes and space.scheduler.milestones
+    assert space.config({}).train.epochs == space.epochs
+
+
+def test_quickstart_grid_has_vanilla_once_and_features_only_when_fused() -> None:
+    points = grid_points(load_space(QUICK))
+    variants = [variant_name(load_space(QUICK).config(p)) for p in points]
+    assert variants == ["none", "concat_anchor:demographic", "concat_anchor:scan", "concat_anchor:stay"]
+    assert "ehr.features" not in points[0]
+
+
+def test_inactive_axis_value_is_ignored() -> None:
+    space = load_space(QUICK)
+    cfg = space.config({"ehr.fusion": "none", "ehr.features": INACTIVE, "train.seed": 3})
+    assert cfg.ehr.fusion == "none" and cfg.train.seed == 3
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, message", [
+    ("axes: {optim.lrr: {choice: [0.1]}}", r"space\.yaml: axes\.optim\.lrr: unknown config key 'optim\.lrr'"),
+    ("axes: {optim.lr: {uniform: [0.1]}}", r"axes\.optim\.lr: uniform needs \[low, high\]"),
+    ("axes: {mask.ratio: {choice: [0.99]}}", r"space\.yaml: mask\.ratio: 0\.99 not in"),
+    ("axes: {ehr.fusion: {choice: [none]}}\nscheduler: {type: bohb}", r"scheduler\.type 'bohb'"),
+    ("axes: {ehr.fusion: {choice: [none]}}\nschedular: {type: asha}", r"unknown key 'schedular'"),
+    ("axes: {ehr.fusion: {choice: [none]}}\nresources: {gpu: 1}", r"unknown key 'resources\.gpu'"),
+    ("axes: {ehr.fusion: {choice: [none]}}\nscheduler: {milestones: [4, 2]}", r"strictly increasing"),
+    ("axes: {optim.lr: {loguniform: [0.0001, 0.01]}}\nsearch: {algorithm: grid}", r"every axis must be choice"),
+    ("axes: {ehr.features: {choice: [[age]], when: {ehr.fusionn: [film]}}}", r"when: unknown config key"),
+])
+def test_invalid_spaces_name_key_and_file(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_space(write(tmp_path, text))
+
+
+class FakeTrial:
+    """The part of optuna.Trial that define-by-run uses; records what was asked."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, object] = {}
+
+    def suggest_categorical(self, name: str, choices: list) -> object:
+        self.params[name] = choices[-1]
+        return choices[-1]
+
+    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
+        self.params[name] = low
+        return low
+
+    def suggest_int(self, name: str, low: int, high: int) -> int:
+        self.params[name] = low
+        return low
+
+
+def test_define_by_run_asks_conditional_axes_only_when_active(tmp_path: Path) -> None:
+    path = write(tmp_path, "axes:\n  ehr.fusion: {choice: [film, none]}\n"
+                           "  ehr.features: {choice: [[age], [age, view]], when: {ehr.fusion: [film]}}\n")
+    trial = FakeTrial()
+    params = suggest(load_space(path), trial)
+    assert params == {"ehr.fusion": "none", "train.seed": 0}
+    assert "ehr.features" not in trial.params
