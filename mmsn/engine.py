@@ -148,12 +148,14 @@ def train_step(run: Run, images: torch.Tensor, ehr: torch.Tensor) -> dict[str, f
     with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
         anchor_out, target_out = run.net(target, anchor, focal, ehr if ehr.shape[1] else None, gen)
     out = run.loss_fn(anchor_out.float(), target_out.float(), run.model.prototypes, run.cfg.loss.target_temperature)
+    run.optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    # Read the loss only after backward is queued (one host sync per step, at its end), but before the
+    # optimiser step, so a NaN never reaches the weights.
     loss = _global_mean(out.loss)
     if not math.isfinite(loss):
         raise NonFiniteLossError(f"step {run.step}: loss is {loss} (cross-entropy {out.cross_entropy.item()}, "
                                  f"me-max {out.me_max.item()}, lr {sched['lr']:.3g}); lower optim.lr or check the data")
-    run.optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
     grad_norm = _clip(run)
     run.optimizer.step()
     run.model.update_target(sched["ema"])

@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -291,6 +291,10 @@ class ProbeResult:
     label_fraction: float
     split: str
     seconds: float
+    # (N, L) probe scores and 0/1 targets of ``split``, in cache row order: what paired comparisons
+    # between runs on the same images need. Not part of the JSON summary.
+    scores: np.ndarray | None = field(default=None, repr=False)
+    targets: np.ndarray | None = field(default=None, repr=False)
 
     def to_json_dict(self) -> dict[str, Any]:
         """Plain JSON-safe dict: NaN becomes None, tuples become lists; no image or patient ids."""
@@ -356,6 +360,8 @@ def run_probe(features: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarra
         label_fraction=cfg.label_fraction,
         split=eval_split,
         seconds=time.perf_counter() - start,
+        scores=scores.astype(np.float32),
+        targets=y_eval.astype(np.int8),
     )
 
 

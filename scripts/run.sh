@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for newcomers and CI:  bash scripts/run.sh {setup|quickstart|test} [args...]
 # setup       create .venv (if missing) and install mmsn with the tested versions (constraints.txt)
-# quickstart  setup, then run the main job on the embedded synthetic default
+# quickstart  setup, then run the main job (the quickstart sweep) on the embedded synthetic default
 # test        setup, then run the test suite (extra args go to pytest)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,9 +27,9 @@ case "$cmd" in
     setup) setup ;;
     quickstart)
         setup
-        export MMSN_DATA=${MMSN_DATA:-data}
-        mmsn data prepare --dataset synthetic --size 64 --n 3000 --seed 0 \
-            --out "$MMSN_DATA/synthetic-64" --overwrite "$@"
+        # Each run is a new experiment under experiments/; the synthetic cache is prepared once.
+        mmsn sweep search_spaces/quickstart.yaml --storage experiments \
+            --name "quickstart-$(date +%Y%m%d-%H%M%S)" "$@"
         ;;
     test)
         setup

@@ -101,6 +101,8 @@ def start_ray(space: Space, address: str | None) -> None:
 
     if ray.is_initialized():  # an embedding program (or a test) already connected
         return
+    # Under `ray job submit` the job's driver finds its cluster through RAY_ADDRESS.
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
@@ -150,8 +152,8 @@ def run_sweep(space_path: Path, name: str | None = None, storage: Path = Path("e
     space = load_space(space_path, smoke=smoke)
     storage = storage.resolve()
     experiment = storage / (name or space.name + ("-smoke" if smoke else ""))
-    if experiment.exists() and not resume and (experiment / "sweep.json").exists():
-        raise MMSNError(f"{experiment}: exists; pass --resume to continue it or --name for a new sweep")
+    if not resume and list(experiment.glob("experiment_state-*.json")):
+        raise MMSNError(f"{experiment}: holds a sweep; pass --resume to continue it or --name for a new one")
     cache = ensure_cache(space, storage)
     if not resume:
         record_sweep(space, experiment, cache, smoke)

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 import ray.train
 import ray.tune
@@ -40,7 +41,11 @@ def probe_run_dir(run_dir: str, cache_dir: str, splits: tuple[str, ...] = ("val"
     encoder, cfg = load_encoder(Path(run_dir))
     device = resolve_device(cfg)
     results = probe_encoder(encoder.to(device), open_cache(cache_dir), cfg.probe, cfg.views.size, device, splits)
-    return {split: result.to_json_dict() for split, result in results.items()}
+    out: dict[str, Any] = {split: result.to_json_dict() for split, result in results.items()}
+    if "test" in results:  # per-image test scores (cache row order, no ids) for paired analysis
+        out["test_scores"] = results["test"].scores
+        out["test_targets"] = results["test"].targets
+    return out
 
 
 def run_segment(space: Space, cfg_dict: dict[str, Any], cache: str, init: str | None, until: int,
@@ -123,4 +128,8 @@ def _save_probes(trial_dir: Path, epoch: int, probes: dict[str, Any]) -> None:
     """Val and test probe results per milestone, for the analysis (never seen by the scheduler)."""
     out = trial_dir / "probes"
     out.mkdir(exist_ok=True)
+    arrays = {k: probes.pop(k) for k in ("test_scores", "test_targets") if k in probes}
+    if arrays:
+        np.savez_compressed(out / f"epoch_{epoch:03d}_test.npz", scores=arrays["test_scores"],
+                            targets=arrays["test_targets"])
     (out / f"epoch_{epoch:03d}.json").write_text(json.dumps({"epoch": epoch, **probes}, indent=1))
