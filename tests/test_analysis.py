@@ -17,7 +17,7 @@ from scipy.stats import rankdata
 
 from analysis import stats
 from analysis.cli import main as cli_main
-from analysis.load import error_summary, load_curves, load_scores, load_trials
+from analysis.load import ExperimentInfo, assign_arms, error_summary, load_curves, load_scores, load_trials
 from analysis.plots import pareto_front
 from analysis.report import analyze, format_ranking, resolve_baseline
 from mmsn.errors import ConfigError, DataError
@@ -144,3 +144,246 @@ def test_baseline_is_matched_within_each_setting() -> None:
         resolve_baseline(trials, trials, "fusion=token")
     with pytest.raises(ConfigError, match="unknown key"):
         resolve_baseline(trials, trials, "colour=red")
+
+
+# --- a fake experiment in the sweep's layout -----------------------------------------------------
+
+SPACE_YAML = """\
+name: fake
+description: Which EHR subset, fused how, helps MSN? (planted effects)
+base: {config: quickstart}
+axes:
+  ehr.fusion: {choice: [none, film, concat_anchor, token]}
+  ehr.features:
+    choice: [[demographic], [scan], [stay], [all]]
+    when: {ehr.fusion: [film, concat_anchor, token]}
+seeds: [0, 1]
+search: {algorithm: grid}
+scheduler: {type: asha, milestones: [1, 2], reduction_factor: 2}
+"""
+ERROR_TXT = ("Failure # 1 (occurred at 2026-01-01_00-10-00)\nray::ImplicitFunc.train() (pid=1, ip=10.0.0.1)\n"
+             '  File "/opt/trainables/trial.py", line 90, in msn_trial\nmmsn.errors.DataError: cannot read image '
+             "/data/mimic/files/p10/p10000032/s50414267/02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.jpg\n")
+# (fusion, features, seed, Tune status, epochs reached, signal at the last epoch, npz epochs missing)
+FAKE_TRIALS = [
+    ("none", "-", 0, "TERMINATED", 2, 1.0, ()), ("none", "-", 1, "TERMINATED", 2, 1.0, ()),
+    ("film", "demographic", 0, "TERMINATED", 2, 1.6, ()), ("film", "demographic", 1, "TERMINATED", 2, 1.6, ()),
+    ("concat_anchor", "scan", 0, "TERMINATED", 2, 0.4, ()), ("concat_anchor", "scan", 1, "TERMINATED", 2, 0.4, ()),
+    ("concat_anchor", "stay", 0, "TERMINATED", 2, 1.0, ()), ("concat_anchor", "stay", 1, "TERMINATED", 2, 1.0, (2,)),
+    ("token", "all", 0, "TERMINATED", 1, 0.9, ()), ("token", "all", 1, "RUNNING", 1, 0.9, ()),
+    ("token", "scan", 0, "ERROR", 1, 1.0, ()), ("token", "scan", 1, "PENDING", 0, 1.0, ()),
+]
+
+
+def _probe(y: np.ndarray, scores: np.ndarray, split: str) -> dict[str, object]:
+    per = {name: stats.auroc(y[:, j], scores[:, j]) for j, name in enumerate(LABELS)}
+    macro = float(np.mean(list(per.values())))
+    return {"macro_auroc": macro, "macro_ci": [macro - 0.03, macro + 0.03],
+            "per_label": {k: {"auroc": v, "ci": [v - 0.05, v + 0.05]} for k, v in per.items()},
+            "l2": 1.0, "sizes": {"train": 800, split: len(y)}, "label_fraction": 1.0, "split": split, "seconds": 0.1}
+
+
+def _write_trial(exp: Path, i: int, spec: tuple, y: np.ndarray, y_val: np.ndarray) -> tuple[str, str]:
+    fusion, features, seed, status, epochs, signal, no_npz = spec
+    trial_id = f"abcde_{i:05d}"
+    config = {"ehr.fusion": fusion, "ehr.features": features, "train.seed": seed}
+    variant = "none" if fusion == "none" else f"{fusion}:{features}"
+    name = f"msn_trial_{trial_id}_{i}_params=ehr_fusion_{fusion}_train_seed_{seed}_2026-01-01_00-00-{i:02d}"
+    rng = np.random.default_rng(100 + i)
+    last: dict[str, object] = {}
+    if status != "PENDING":
+        (exp / name / "probes").mkdir(parents=True)
+        lines = []
+        for epoch in range(1, epochs + 1):
+            s = signal * (0.6 + 0.2 * epoch)  # the probe gets better with pretraining
+            scores, val = planted(rng, y, s), planted(rng, y_val, s)
+            if epoch not in no_npz:
+                np.savez_compressed(exp / name / "probes" / f"epoch_{epoch:03d}_test.npz", scores=scores, targets=y)
+            probe = {"epoch": epoch, "val": _probe(y_val, val, "val"), "test": _probe(y, scores, "test")}
+            (exp / name / "probes" / f"epoch_{epoch:03d}.json").write_text(json.dumps(probe))
+            last = {"val_auroc": probe["val"]["macro_auroc"], "epoch": epoch, "loss": 3.0 / epoch,
+                    "train_seconds": 9.0, "probe_seconds": 1.0, "trial_seconds": 10.0 * epoch,
+                    "gpu_seconds": 5.0 * epoch, "variant": variant, "trial_id": trial_id, "config": config,
+                    "training_iteration": epoch, "time_total_s": 10.0 * epoch}
+            lines.append(json.dumps(last))
+        (exp / name / "result.json").write_text("\n".join(lines) + "\n")
+        if status == "ERROR":
+            (exp / name / "error.txt").write_text(ERROR_TXT)
+    trial = {"trial_id": trial_id, "status": status, "config": config, "relative_logdir": name}
+    runtime = {"error_filename": "error.txt" if status == "ERROR" else None, "num_failures": int(status == "ERROR"),
+               "last_result": last}
+    return json.dumps(trial), json.dumps(runtime)
+
+
+def make_experiment(root: Path, specs: list[tuple] = FAKE_TRIALS) -> Path:
+    """By default 12 trials: planted better (film:demographic) and worse (concat_anchor:scan)
+    variants, a null one whose seed-1 npz is missing, a stopped and a running trial, a failed and a
+    pending one."""
+    exp = root / "fake-exp"
+    exp.mkdir()
+    (exp / "sweep.json").write_text(json.dumps({"space": "/x/fake.yaml", "name": "fake", "smoke": False,
+                                                "cache": "/data/cache/mimic", "metric": "val_auroc",
+                                                "mode": "max", "milestones": [1, 2]}))
+    (exp / "space.yaml").write_text(SPACE_YAML)
+    rng = np.random.default_rng(7)
+    y, y_val = targets(rng), targets(rng, 200)
+    data = [_write_trial(exp, i, spec, y, y_val) for i, spec in enumerate(specs)]
+    (exp / "experiment_state-2026-01-01_00-00-00.json").write_text(
+        json.dumps({"trial_data": data, "runner_data": {}, "stats": {}}))
+    return exp
+
+
+@pytest.fixture
+def experiment(tmp_path: Path) -> Path:
+    return make_experiment(tmp_path)
+
+
+def test_load_trials_statuses_reasons_and_columns(experiment: Path) -> None:
+    trials = load_trials(experiment).set_index(["variant", "seed"])
+    status = trials["status"].to_dict()
+    assert status[("none", 0)] == "completed" and status[("token:all", 0)] == "stopped_early"
+    assert status[("token:all", 1)] == "unfinished" and status[("token:scan", 0)] == "failed"
+    assert status[("token:scan", 1)] == "unfinished"
+    reasons = trials["stop_reason"].to_dict()
+    assert reasons[("token:all", 0)] == "stopped by scheduler (asha) at epoch 1 of 2"
+    assert reasons[("token:scan", 0)].startswith("failed: mmsn.errors.DataError: cannot read image")
+    assert reasons[("token:scan", 1)] == "not started (PENDING)"
+    assert math.isnan(trials.loc[("none", 0), "ehr.features"])  # "-" (inactive axis) -> NaN
+    assert {f"test_auroc/{label}" for label in LABELS} <= set(trials.columns)
+    assert trials.loc[("none", 0), "gpu_seconds"] == 10.0 and trials.loc[("none", 0), "epoch"] == 2
+    assert not any(s in " ".join(trials["stop_reason"]) for s in SECRETS)
+
+
+def test_load_curves_and_scores(experiment: Path) -> None:
+    curves = load_curves(experiment)
+    assert len(curves) == 2 * 8 + 3  # 8 trials reached epoch 2, three stopped at 1, one never started
+    assert {"trial", "variant", "epoch", "val_auroc", "trial_seconds"} <= set(curves.columns)
+    trial = load_trials(experiment).set_index(["variant", "seed"]).loc[("concat_anchor:stay", 1), "trial"]
+    scores, y = load_scores(experiment, "abcde_00000")
+    assert scores.shape == y.shape == (N_IMAGES, len(LABELS)) and scores.dtype == np.float32
+    with pytest.raises(DataError, match="no test scores at epoch 2"):
+        load_scores(experiment, trial)
+
+
+def test_statuses_without_tune_state(experiment: Path) -> None:
+    next(experiment.glob("experiment_state-*.json")).unlink()  # a sweep that has not saved its state yet
+    trials = load_trials(experiment).set_index(["variant", "seed"])
+    assert trials.loc[("token:scan", 0), "status"] == "failed"  # error.txt alone says so
+    assert trials.loc[("token:all", 0), "status"] == "unfinished"
+    assert trials.loc[("none", 0), "status"] == "completed"
+
+
+def _text_outputs(out: Path) -> str:
+    texts = [p.read_text() for p in out.iterdir() if p.suffix in (".md", ".csv")]
+    return "\n".join(texts + [pd.read_parquet(out / "trials.parquet").to_csv()])
+
+
+def test_analyze_end_to_end(experiment: Path) -> None:
+    result = analyze(experiment, n_boot=300)
+    out = experiment / "analysis"
+    names = {"report.md", "ranking.csv", "per_label.csv", "trials.parquet", "ranking.png", "val_curves.png",
+             "per_label_diff.png", "auroc_vs_compute.png"}
+    assert names <= {p.name for p in out.iterdir()} and result.report == out / "report.md"
+    assert all((out / n).stat().st_size > 5_000 for n in names if n.endswith(".png"))
+    assert not list(experiment.glob(".analysis*"))  # no temp dir left behind
+    rows = result.ranking.set_index("arm")
+    assert rows.loc["film:demographic", "verdict"] == "better" and rows.loc["concat_anchor:scan", "verdict"] == "worse"
+    assert rows.loc["concat_anchor:stay", "test_method"] == "seeds"  # seed-1 npz missing at epoch 2
+    assert rows.loc["token:all", "compared_at_epoch"] == "1" and rows.loc["token:all", "test_method"] == "bootstrap"
+    assert "token:scan" not in rows.index  # failed: reported, not ranked
+    assert result.ranking["arm"].iloc[0] == "film:demographic"
+    report = result.report.read_text()
+    for heading in ("**Question.** Which EHR subset", "## Ranking", "## Verdicts", "## Stopped early",
+                    "## Compute spent", "## Missing, failed and unfinished", "## Statistical method",
+                    "![ranking](ranking.png)", "the grid has 26 trials; 12 were found"):
+        assert heading in report
+    assert not any(secret in _text_outputs(out) for secret in SECRETS)
+    assert "film:demographic" in format_ranking(result.ranking)
+
+
+def test_analyze_val_metric_and_custom_baseline(experiment: Path, tmp_path: Path) -> None:
+    result = analyze(experiment, out=tmp_path / "val", metric="val_auroc", baseline="concat_anchor:stay", n_boot=50)
+    rows = result.ranking.set_index("arm")
+    assert rows.loc["concat_anchor:stay", "verdict"] == "baseline"
+    assert set(rows["test_method"]) <= {"seeds", ""}
+
+
+def test_a_crash_leaves_the_previous_analysis_intact(experiment: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    analyze(experiment, n_boot=50)
+    before = (experiment / "analysis" / "report.md").read_text()
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("analysis.plots.plot_compute", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        analyze(experiment, n_boot=50, seed=1)
+    assert (experiment / "analysis" / "report.md").read_text() == before
+    assert not list(experiment.glob(".analysis*"))
+
+
+def test_errors_name_the_problem(tmp_path: Path, experiment: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no trials found"):
+        analyze(tmp_path / "empty")
+    with pytest.raises(DataError, match="not a directory"):
+        analyze(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="--metric"):
+        analyze(experiment, metric="loss")
+    with pytest.raises(ConfigError, match="matches no trial"):
+        analyze(experiment, baseline="fusion=lstm")
+
+
+def test_cli_prints_ranking_and_report_path(experiment: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main([str(experiment), "--out", str(tmp_path / "cli"), "--n-boot", "50"]) == 0
+    printed = capsys.readouterr().out
+    assert "film:demographic" in printed and f"report: {tmp_path / 'cli' / 'report.md'}" in printed
+    assert cli_main([str(tmp_path / "missing")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_analysis_imports_neither_ray_nor_optuna() -> None:
+    code = ("import sys, analysis.report, analysis.cli; "
+            "sys.exit(any(m.split('.')[0] in ('ray', 'optuna') for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_resampled_auroc_equals_ranking_each_resample(tied: bool) -> None:
+    """The counts-based AUROC of a resample equals the rank formula on the explicitly drawn images."""
+    rng = np.random.default_rng(5)
+    y, s = rng.random(300) < 0.3, rng.normal(size=300)
+    if tied:
+        s = s.round(1)
+    counts = stats.resample_counts(rng, 300, 20)
+    got = stats.weighted_auroc(counts, y, s)
+    for row, value in zip(counts, got):
+        idx = np.repeat(np.arange(300), row)
+        ranks, yy = rankdata(s[idx]), y[idx]
+        n_pos = yy.sum()
+        assert value == pytest.approx((ranks[yy].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(yy) - n_pos)))
+
+
+def test_an_experiment_where_everything_failed_still_gets_a_report(tmp_path: Path) -> None:
+    exp = make_experiment(tmp_path, [("none", "-", 0, "ERROR", 1, 1.0, ()), ("film", "scan", 0, "ERROR", 0, 1.0, ())])
+    result = analyze(exp, n_boot=20)
+    assert result.ranking.empty and format_ranking(result.ranking) == "(nothing ranked yet)"
+    assert "nothing to rank" in result.report.read_text() and (exp / "analysis" / "ranking.png").exists()
+
+
+def _info(search: str, axes: tuple = ()) -> ExperimentInfo:
+    return ExperimentInfo(Path("x"), "x", "", "val_auroc", (1,), "fifo", search, axes, (0,), 1, False, {})
+
+
+def test_grid_axes_beyond_ehr_split_arms_but_tuned_axes_are_pooled() -> None:
+    from analysis.load import Axis
+
+    trials = pd.DataFrame({"variant": ["none", "film:age"] * 2, "model.backbone": ["t", "t", "s", "s"],
+                           "optim.lr": [1e-3, 2e-3, 3e-3, 4e-3]})
+    axes = (Axis("model.backbone", "grid", ("t", "s")), Axis("optim.lr", "loguniform", (1e-4, 1e-2)))
+    grid = assign_arms(trials, _info("grid", axes))
+    assert grid["arm"].tolist() == ["none [model.backbone=t]", "film:age [model.backbone=t]",
+                                    "none [model.backbone=s]", "film:age [model.backbone=s]"]
+    assert grid["context"].tolist() == ["model.backbone=t"] * 2 + ["model.backbone=s"] * 2
+    assert assign_arms(trials, _info("optuna", axes))["arm"].tolist() == trials["variant"].tolist()

@@ -20,8 +20,14 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=sweep_command)
 
 
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    from analysis.cli import add_analyze_parser
+
+    add_analyze_parser(sub)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return mmsn_main(argv, extra=[_add_sweep])
+    return mmsn_main(argv, extra=[_add_sweep, _add_analyze])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,63 @@
+"""``mmsn analyze EXPERIMENT_DIR``: print the ranking of EHR variants and write the report.
+
+Wired into the ``mmsn`` console script by ``trainables/cli.py`` (like ``sweep``). Heavy imports
+(pandas, matplotlib) happen only when the command runs, so building the parser stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mmsn.errors import MMSNError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("experiment", type=Path, metavar="EXPERIMENT_DIR",
+                   help="a sweep's experiment directory (STORAGE/NAME, holding sweep.json and msn_trial_* dirs)")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default: EXPERIMENT_DIR/analysis)")
+    p.add_argument("--metric", choices=("test_auroc", "val_auroc"), default="test_auroc",
+                   help="what to rank by; test_auroc uses the per-image test scores (default: test_auroc)")
+    p.add_argument("--baseline", default="fusion=none",
+                   help="baseline: KEY=VALUE matching one variant per setting (fusion=none, "
+                        "variant=film:demographic) or a full variant name such as concat_anchor:demographic "
+                        "(default: fusion=none)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap draws (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default: 0)")
+
+
+def analyze_command(args: argparse.Namespace) -> None:
+    """Handler: run the analysis, print the ranking table and where the report is."""
+    from analysis.report import analyze, format_ranking
+
+    result = analyze(args.experiment, args.out, args.metric, args.baseline, args.n_boot, args.seed)
+    print(format_ranking(result.ranking))
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"\nreport: {result.report}")
+
+
+def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``analyze`` to a subparsers object (what ``trainables/cli.py`` passes in ``extra``)."""
+    p = sub.add_parser("analyze", help="rank EHR variants of a finished sweep, test them, write a report")
+    add_arguments(p)
+    p.set_defaults(func=analyze_command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m analysis.cli EXPERIMENT_DIR ...`` (the same as ``mmsn analyze``)."""
+    parser = argparse.ArgumentParser(prog="python -m analysis.cli", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        analyze_command(args)
+    except MMSNError as err:
+        print(f"mmsn analyze: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

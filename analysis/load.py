@@ -1,0 +1,467 @@
+"""Read a sweep's experiment directory into tidy tables (no Ray needed; partial experiments welcome).
+
+Layout (written by ``trainables/sweep.py`` and ``trainables/trial.py``)::
+
+    EXPERIMENT_DIR/sweep.json               how the sweep was started (metric, milestones, ...)
+    EXPERIMENT_DIR/space.yaml               the search space; its description is the question
+    EXPERIMENT_DIR/experiment_state-*.json  Tune's trial list: status, config, error file
+    EXPERIMENT_DIR/msn_trial_<id>_.../      result.json (one line per milestone), error.txt,
+        probes/epoch_XXX.json               val and test probe results
+        probes/epoch_XXX_test.npz           (N_test, L) scores and targets, same image order everywhere
+
+Tables: :func:`load_trials` (one row per trial), :func:`load_curves` (one row per trial and
+milestone); :func:`load_scores` returns one trial's per-image test scores.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from mmsn.errors import DataError
+
+COMPLETED, STOPPED_EARLY, FAILED, UNFINISHED = "completed", "stopped_early", "failed", "unfinished"
+INACTIVE = "-"  # a conditional axis that does not apply to a trial (search_spaces.loader.INACTIVE)
+EHR_KEYS = ("ehr.fusion", "ehr.features")
+SEED_KEY = "train.seed"
+_TRIAL_DIR = re.compile(r"^msn_trial_(?P<id>[0-9a-f]+_\d+)")
+_PROBE = re.compile(r"^epoch_(?P<epoch>\d+)\.json$")
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One searched key as the space file states it (values of list choices joined by "+")."""
+
+    key: str
+    kind: str
+    values: tuple[Any, ...]
+    when: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    @property
+    def discrete(self) -> bool:
+        return self.kind in ("choice", "grid")
+
+
+@dataclass(frozen=True)
+class ExperimentInfo:
+    """What the sweep asked and how: from sweep.json and space.yaml (smoke overrides applied)."""
+
+    path: Path
+    name: str
+    description: str
+    metric: str
+    milestones: tuple[int, ...]
+    scheduler: str
+    search: str
+    axes: tuple[Axis, ...]
+    seeds: tuple[int, ...]
+    num_samples: int
+    smoke: bool
+    base: dict[str, Any]
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class TrialRecord:
+    """Everything read from one trial: Tune's view (may be missing) and its directory (may be missing)."""
+
+    trial: str
+    tune_status: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    dir: Path | None = None
+    results: dict[int, dict[str, Any]] = field(default_factory=dict)  # epoch -> last result.json line
+    probes: dict[int, dict[str, Any]] = field(default_factory=dict)  # epoch -> probes/epoch_XXX.json
+    npz: dict[int, Path] = field(default_factory=dict)  # epoch -> probes/epoch_XXX_test.npz
+    error: str | None = None
+    last_result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def epoch(self) -> int:
+        """Last milestone reached (0 if none)."""
+        return max([*self.results, *self.probes, int(self.last_result.get("epoch") or 0)], default=0)
+
+
+# --- experiment-level files ---------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def encode(value: Any) -> Any:
+    """List choices become "a+b" strings, as the sweep carries them (search_spaces.loader.encode_value)."""
+    return "+".join(str(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _merged_space(raw: dict[str, Any], smoke: bool) -> dict[str, Any]:
+    """The space as it ran: a smoke sweep replaces axes and seeds and merges scheduler/search/base.set."""
+    if not smoke or not raw.get("smoke"):
+        return raw
+    s, merged = raw["smoke"], dict(raw)
+    for section in ("scheduler", "search"):
+        merged[section] = {**(raw.get(section) or {}), **(s.get(section) or {})}
+    merged["base"] = {**(raw.get("base") or {}), "set": {**((raw.get("base") or {}).get("set") or {}),
+                                                          **(s.get("set") or {})}}
+    for replaced in ("axes", "seeds"):
+        if replaced in s:
+            merged[replaced] = s[replaced]
+    return merged
+
+
+def _axes(raw: dict[str, Any]) -> tuple[Axis, ...]:
+    axes = []
+    for key, spec in (raw.get("axes") or {}).items():
+        if not isinstance(spec, dict):
+            continue
+        kind = next((k for k in ("choice", "grid", "uniform", "loguniform", "int") if k in spec), "?")
+        when = {k: tuple(encode(x) for x in (v if isinstance(v, list) else [v]))
+                for k, v in (spec.get("when") or {}).items()}
+        axes.append(Axis(key, kind, tuple(encode(v) for v in spec.get(kind, ())), when))
+    return tuple(axes)
+
+
+def read_info(experiment: Path) -> ExperimentInfo:
+    """sweep.json + space.yaml; a missing or unreadable file is noted, never fatal."""
+    notes = []
+    sweep = _read_json(experiment / "sweep.json")
+    if not isinstance(sweep, dict):
+        notes.append("sweep.json missing or unreadable: milestones taken from the trials")
+        sweep = {}
+    try:
+        raw = yaml.safe_load((experiment / "space.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        notes.append("space.yaml missing or unreadable: no question or axes to show")
+        raw = {}
+    space = _merged_space(raw, bool(sweep.get("smoke")))
+    scheduler = space.get("scheduler") or {}
+    milestones = sweep.get("milestones") or scheduler.get("milestones") or []
+    return ExperimentInfo(
+        path=experiment, name=str(sweep.get("name") or raw.get("name") or experiment.name),
+        description=str(raw.get("description") or ""), metric=str(sweep.get("metric") or "val_auroc"),
+        milestones=tuple(int(m) for m in milestones), scheduler=str(scheduler.get("type") or "?"),
+        search=str((space.get("search") or {}).get("algorithm") or "?"), axes=_axes(space),
+        seeds=tuple(int(s) for s in space.get("seeds") or ()),
+        num_samples=int((space.get("search") or {}).get("num_samples") or 1), smoke=bool(sweep.get("smoke")),
+        base={k: encode(v) for k, v in ((space.get("base") or {}).get("set") or {}).items()}, notes=tuple(notes))
+
+
+def expected_trials(info: ExperimentInfo) -> int | None:
+    """How many trials a grid sweep creates (None for other searches or without the space): the
+    product of the axes' values with inactive conditional axes merged, times seeds and repeats."""
+    if info.search != "grid" or not info.axes or not all(a.discrete for a in info.axes):
+        return None
+    points: set[tuple[tuple[str, Any], ...]] = set()
+    for combo in itertools.product(*(a.values for a in info.axes)):
+        params = dict(zip((a.key for a in info.axes), combo))
+        active = [a for a in info.axes if all(params.get(k) in allowed for k, allowed in a.when.items())]
+        points.add(tuple((a.key, params[a.key]) for a in active))
+    return len(points) * max(len(info.seeds), 1) * info.num_samples
+
+
+# --- per-trial files -----------------------------------------------------------------------------
+
+
+def flatten_config(config: Any) -> dict[str, Any]:
+    """Tune's trial config -> flat dotted keys. Older sweeps nest everything under "params"."""
+    if not isinstance(config, dict):
+        return {}
+    if set(config) == {"params"} and isinstance(config["params"], dict):
+        config = config["params"]
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in flatten_config(value).items()})
+        else:
+            flat[str(key)] = encode(value)
+    return flat
+
+
+def _tune_trials(experiment: Path) -> dict[str, dict[str, Any]] | None:
+    """trial id -> {status, config, dir, error_filename, last_result} from the newest
+    experiment_state-*.json; None if there is none (the sweep has not written one yet)."""
+    states = sorted(experiment.glob("experiment_state-*.json"), key=lambda p: (p.stat().st_mtime, p.name))
+    state = _read_json(states[-1]) if states else None
+    if not isinstance(state, dict):
+        return None
+    out = {}
+    for pair in state.get("trial_data") or []:
+        try:
+            trial, runtime = json.loads(pair[0]), json.loads(pair[1])
+        except (json.JSONDecodeError, TypeError, IndexError):
+            continue
+        out[str(trial["trial_id"])] = {
+            "status": trial.get("status"), "config": trial.get("config"), "dir": trial.get("relative_logdir"),
+            "error_filename": runtime.get("error_filename"), "last_result": runtime.get("last_result") or {}}
+    return out
+
+
+def _result_lines(trial_dir: Path) -> dict[int, dict[str, Any]]:
+    """epoch -> result.json line; a half-written last line (trial still running) is skipped."""
+    out: dict[int, dict[str, Any]] = {}
+    try:
+        lines = (trial_dir / "result.json").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            result = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(result, dict) and result.get("epoch") is not None:
+            out[int(result["epoch"])] = result  # a resumed trial may repeat an epoch: keep the latest
+    return out
+
+
+def _probes(trial_dir: Path) -> tuple[dict[int, dict[str, Any]], dict[int, Path]]:
+    probes, npz = {}, {}
+    for path in sorted((trial_dir / "probes").glob("epoch_*")):
+        match = _PROBE.match(path.name)
+        if match and isinstance(probe := _read_json(path), dict):
+            probes[int(match["epoch"])] = probe
+        elif path.name.endswith("_test.npz"):
+            npz[int(path.name.split("_")[1])] = path
+    return probes, npz
+
+
+_SCRUB = [
+    (re.compile(r"\S*[/\\]\S*"), "<path>"),  # file paths can name patients, studies and images
+    (re.compile(r"\b[0-9a-f]{8}(?:-[0-9a-f]{4,}){2,}\b", re.I), "<id>"),  # DICOM-like ids
+    (re.compile(r"\b[A-Za-z]*\d{5,}\b"), "<id>"),  # p10000032, s50414267, long numbers
+]
+
+
+def error_summary(text: str, limit: int = 160) -> str:
+    """The line of a Tune error.txt that says what went wrong (the exception line, not the
+    traceback), with paths and id-like tokens removed so no patient or image id leaks out."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("Failure #")]
+    exception = re.compile(r"^[A-Za-z_][\w.]*(\([\w.]+\))?: \S")
+    picked = next((ln for ln in reversed(lines) if exception.match(ln) and not ln.startswith("File ")),
+                  lines[0] if lines else "no error message")
+    for pattern, replacement in _SCRUB:
+        picked = pattern.sub(replacement, picked)
+    return picked if len(picked) <= limit else picked[:limit - 3] + "..."
+
+
+def _error(trial_dir: Path | None, error_filename: str | None) -> str | None:
+    candidates = [Path(error_filename)] if error_filename else []
+    if trial_dir is not None:
+        candidates = [trial_dir / c for c in candidates] + candidates + [trial_dir / "error.txt"]
+    for path in candidates:
+        try:
+            return error_summary(path.read_text(errors="replace"))
+        except OSError:
+            continue
+    return None
+
+
+def read_records(experiment: Path) -> tuple[list[TrialRecord], list[str]]:
+    """One record per trial known to Tune or present as a directory, plus notes on what is missing."""
+    if not experiment.is_dir():
+        raise DataError(f"EXPERIMENT_DIR {experiment}: not a directory")
+    tune, notes = _tune_trials(experiment), []
+    dirs = {m["id"]: p for p in experiment.iterdir() if p.is_dir() and (m := _TRIAL_DIR.match(p.name))}
+    if tune is None:
+        notes.append("no experiment_state-*.json: trial statuses inferred from the trial directories")
+        tune = {}
+    if not tune and not dirs:
+        raise DataError(f"EXPERIMENT_DIR {experiment}: no trials found (no experiment_state-*.json "
+                        "trials and no msn_trial_* directories)")
+    records = []
+    for trial in sorted(set(tune) | set(dirs)):
+        t = tune.get(trial, {})
+        trial_dir = experiment / t["dir"] if t.get("dir") and (experiment / t["dir"]).is_dir() else dirs.get(trial)
+        rec = TrialRecord(trial, t.get("status"), flatten_config(t.get("config")), trial_dir,
+                          last_result=t.get("last_result") or {})
+        if trial_dir is not None:
+            rec.results = _result_lines(trial_dir)
+            rec.probes, rec.npz = _probes(trial_dir)
+            if not rec.params and rec.results:
+                rec.params = flatten_config(rec.results[max(rec.results)].get("config"))
+        if rec.tune_status == "ERROR" or (rec.tune_status is None and trial_dir and (trial_dir / "error.txt").exists()):
+            rec.error = _error(trial_dir, t.get("error_filename")) or "no error file"
+        records.append(rec)
+    return records, notes
+
+
+# --- tables ----------------------------------------------------------------------------------------
+
+
+def last_milestone(info: ExperimentInfo, records: list[TrialRecord]) -> int:
+    """The trials' full length: the sweep's last milestone, else the furthest any trial got."""
+    return info.milestones[-1] if info.milestones else max((r.epoch for r in records), default=0)
+
+
+def status_of(rec: TrialRecord, last: int, scheduler: str) -> tuple[str, str]:
+    """(completed | stopped_early | failed | unfinished, the reason in words)."""
+    epoch = rec.epoch
+    if rec.error is not None:
+        return FAILED, f"failed: {rec.error}"
+    if rec.tune_status in ("TERMINATED", None) and epoch >= last > 0:
+        return COMPLETED, "completed"
+    if rec.tune_status == "TERMINATED":
+        if epoch == 0:
+            return STOPPED_EARLY, "stopped before its first milestone"
+        if scheduler in ("asha", "hyperband", "pbt"):
+            return STOPPED_EARLY, f"stopped by scheduler ({scheduler}) at epoch {epoch} of {last}"
+        return STOPPED_EARLY, f"stopped at epoch {epoch} of {last} (time budget or stopper; scheduler {scheduler})"
+    if epoch == 0:
+        return UNFINISHED, f"not started ({rec.tune_status or 'no result yet'})"
+    return UNFINISHED, f"unfinished ({rec.tune_status or 'no Tune state'}) at epoch {epoch} of {last}"
+
+
+def variant_of(params: dict[str, Any], base: dict[str, Any]) -> str:
+    """``none`` or ``fusion:feature+feature`` (search_spaces.loader.variant_name) from the params."""
+    fusion = params.get("ehr.fusion", base.get("ehr.fusion"))
+    if fusion is None or fusion == INACTIVE:
+        return "unknown"
+    if fusion == "none":
+        return "none"
+    return f"{fusion}:{params.get('ehr.features', base.get('ehr.features', '?'))}"
+
+
+def _probe_value(probe: dict[str, Any] | None, split: str) -> float:
+    value = ((probe or {}).get(split) or {}).get("macro_auroc")
+    return math.nan if value is None else float(value)
+
+
+def _per_label(probe: dict[str, Any] | None, split: str) -> dict[str, float]:
+    labels = ((probe or {}).get(split) or {}).get("per_label") or {}
+    return {f"{split}_auroc/{name}": math.nan if d.get("auroc") is None else float(d["auroc"])
+            for name, d in labels.items()}
+
+
+def _compute(rec: TrialRecord, epoch: int) -> dict[str, float]:
+    result = rec.results.get(epoch) or (rec.last_result if rec.last_result.get("epoch") == epoch else {})
+    return {k: float(result[k]) if result.get(k) is not None else math.nan for k in ("trial_seconds", "gpu_seconds")}
+
+
+def _trial_row(rec: TrialRecord, info: ExperimentInfo, last: int) -> dict[str, Any]:
+    status, reason = status_of(rec, last, info.scheduler)
+    epoch = rec.epoch
+    result = rec.results.get(epoch) or {}
+    variant = str(result.get("variant") or variant_of(rec.params, info.base))
+    fusion, _, features = variant.partition(":")
+    val = _probe_value(rec.probes.get(epoch), "val")
+    seed = rec.params.get(SEED_KEY, info.base.get(SEED_KEY))
+    return {
+        "trial": rec.trial, "status": status, "stop_reason": reason, "variant": variant, "fusion": fusion,
+        "features": features or math.nan, "seed": math.nan if seed in (None, INACTIVE) else int(seed),
+        "epoch": epoch, "max_epoch": last, **_compute(rec, epoch),
+        "val_auroc": float(result["val_auroc"]) if math.isnan(val) and result.get("val_auroc") is not None else val,
+        "test_auroc": _probe_value(rec.probes.get(epoch), "test"), "has_scores": epoch in rec.npz,
+        "dir": rec.dir.name if rec.dir else math.nan,
+        **{k: math.nan if v == INACTIVE else v for k, v in rec.params.items()},
+        **_per_label(rec.probes.get(epoch), "test"),
+    }
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def context_keys(trials: pd.DataFrame, info: ExperimentInfo) -> tuple[list[str], list[str]]:
+    """(extra EHR keys, other keys) that split variants into separate arms.
+
+    In a grid, every discrete axis besides fusion, features and the seed that takes several values
+    is a separate arm (e.g. the backbone): variants are compared with the baseline of the same
+    setting. EHR keys (``ehr.embed_dim``) refine the variant; others form its context. In an
+    Optuna/random search the other axes are tuned, not compared, so they are pooled.
+    """
+    if info.search not in ("grid", "?"):
+        return [], []
+    axes = [a.key for a in info.axes if a.discrete] if info.axes else [
+        c for c in trials.columns if "." in c and "/" not in c]
+    keys = [k for k in axes if k not in (*EHR_KEYS, SEED_KEY) and k in trials
+            and trials[k].astype(str).nunique() > 1]
+    return [k for k in keys if k.startswith("ehr.")], [k for k in keys if not k.startswith("ehr.")]
+
+
+def assign_arms(trials: pd.DataFrame, info: ExperimentInfo) -> pd.DataFrame:
+    """Add ``context`` (the non-EHR setting) and ``arm`` (variant + its setting): what is ranked."""
+    extra, context = context_keys(trials, info)
+
+    def describe(row: pd.Series, keys: list[str]) -> str:
+        return ", ".join(f"{k}={_fmt(row[k])}" for k in keys if not pd.isna(row[k]))
+
+    out = trials.copy()
+    out["context"] = [describe(r, context) for _, r in out.iterrows()] if len(out) else []
+    settings = [describe(r, extra + context) for _, r in out.iterrows()] if len(out) else []
+    out["arm"] = [f"{v} [{s}]" if s else v for v, s in zip(out["variant"], settings)]
+    return out
+
+
+def load_records(experiment: Path) -> tuple[ExperimentInfo, list[TrialRecord], pd.DataFrame, list[str]]:
+    """(info, records, trials table, notes) in one read of the directory (what the report uses)."""
+    experiment = Path(experiment)
+    records, notes = read_records(experiment)
+    info = read_info(experiment)
+    last = last_milestone(info, records)
+    trials = pd.DataFrame([_trial_row(r, info, last) for r in records])
+    label_cols = sorted(c for c in trials if c.startswith("test_auroc/"))
+    trials = trials[[c for c in trials if not c.startswith("test_auroc/")] + label_cols]
+    return info, records, assign_arms(trials, info), list(info.notes) + notes
+
+
+def load_trials(experiment: Path) -> pd.DataFrame:
+    """One row per trial: ``trial, status, stop_reason, variant, fusion, features, seed, epoch``
+    (last milestone reached), ``max_epoch, trial_seconds, gpu_seconds, val_auroc, test_auroc`` (at
+    that milestone), ``has_scores, dir``, every hyper-parameter under its dotted name (``-`` as
+    NaN), ``test_auroc/<label>``, and ``context, arm``. Raises DataError if there are no trials."""
+    return load_records(experiment)[2]
+
+
+def curves_from(records: list[TrialRecord], trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per (trial, milestone) reached: val/test macro and per-label AUROC, cumulative compute."""
+    meta = trials.set_index("trial")[["variant", "arm", "seed", "status"]]
+    rows = []
+    for rec in records:
+        for epoch in sorted(set(rec.results) | set(rec.probes)):
+            probe, result = rec.probes.get(epoch), rec.results.get(epoch) or {}
+            val = _probe_value(probe, "val")
+            if math.isnan(val) and result.get("val_auroc") is not None:
+                val = float(result["val_auroc"])
+            rows.append({"trial": rec.trial, **meta.loc[rec.trial].to_dict(), "epoch": epoch, "val_auroc": val,
+                         "test_auroc": _probe_value(probe, "test"), **_compute(rec, epoch),
+                         "has_scores": epoch in rec.npz, **_per_label(probe, "val"), **_per_label(probe, "test")})
+    columns = ["trial", "variant", "arm", "seed", "status", "epoch", "val_auroc", "test_auroc", "trial_seconds",
+               "gpu_seconds", "has_scores"]
+    return pd.DataFrame(rows, columns=columns + sorted({k for r in rows for k in r} - set(columns)))
+
+
+def load_curves(experiment: Path) -> pd.DataFrame:
+    """One row per trial and milestone: ``trial, variant, arm, seed, status, epoch, val_auroc,
+    test_auroc, trial_seconds, gpu_seconds, has_scores`` and per-label ``val_auroc/<label>``,
+    ``test_auroc/<label>`` (the scheduler acted on ``val_auroc``)."""
+    _, records, trials, _ = load_records(experiment)
+    return curves_from(records, trials)
+
+
+def read_scores(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as data:
+        return np.asarray(data["scores"], dtype=np.float32), np.asarray(data["targets"], dtype=np.int8)
+
+
+def load_scores(experiment: Path, trial: str, epoch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (N_test, L) float32, targets (N_test, L) int8) of a trial's test probe at ``epoch``
+    (default: the last milestone it reached). Raises DataError if the trial or its npz is missing."""
+    records, _ = read_records(Path(experiment))
+    rec = next((r for r in records if r.trial == trial), None)
+    if rec is None:
+        raise DataError(f"{experiment}: no trial {trial!r}; trials: {', '.join(r.trial for r in records)}")
+    epoch = rec.epoch if epoch is None else epoch
+    if epoch not in rec.npz:
+        have = ", ".join(str(e) for e in sorted(rec.npz)) or "none"
+        raise DataError(f"{experiment}: trial {trial} has no test scores at epoch {epoch} (npz epochs: {have})")
+    return read_scores(rec.npz[epoch])

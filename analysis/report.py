@@ -1,0 +1,227 @@
+"""``analyze(EXPERIMENT_DIR)``: which EHR data, fused how, helps - and is the difference real?
+
+Reads the experiment (:mod:`analysis.load`), ranks the arms and tests each against its baseline
+(:mod:`analysis.stats`), draws the figures (:mod:`analysis.plots`) and writes ``report.md``,
+``ranking.csv``, ``per_label.csv``, ``trials.parquet`` and the PNGs into ``EXPERIMENT_DIR/analysis``.
+Everything is written to a temporary directory first and renamed into place, so an interrupted
+run leaves either the previous analysis or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import plots
+from analysis.load import COMPLETED, STOPPED_EARLY, UNFINISHED, TrialRecord, curves_from, load_records, read_scores
+from analysis.report_text import Findings, interval, num, report_markdown
+from analysis.stats import ScoreBank, build_bank, compare_arms, needed_scores
+from mmsn.errors import ConfigError
+
+METRICS = {"test_auroc": "test macro AUROC", "val_auroc": "val macro AUROC"}
+RANKED = (COMPLETED, STOPPED_EARLY, UNFINISHED)  # failed trials are reported, not ranked
+BASELINE_ALIASES = {"fusion": "fusion", "ehr.fusion": "fusion", "features": "features", "ehr.features": "features"}
+FIGURES = {"ranking": "ranking.png", "curves": "val_curves.png", "labels": "per_label_diff.png",
+           "compute": "auroc_vs_compute.png"}
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    """What :func:`analyze` found and wrote (paths are final, inside ``out``)."""
+
+    ranking: pd.DataFrame
+    per_label: pd.DataFrame
+    trials: pd.DataFrame
+    out: Path
+    report: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
+def resolve_baseline(trials: pd.DataFrame, ranked: pd.DataFrame, spec: str) -> dict[str, str | None]:
+    """arm -> its baseline arm (same context), from ``fusion=none``, ``features=...``, ``variant=...``,
+    any ``hyper.parameter=value`` or a full variant/arm name. Raises ConfigError if ``spec`` matches
+    no trial at all or several arms of one context."""
+    key, sep, value = spec.partition("=")
+    if sep:
+        column = BASELINE_ALIASES.get(key.strip(), key.strip())
+        if column not in trials:
+            known = ["fusion", "features", "variant", *(c for c in trials if "." in c and "/" not in c)]
+            raise ConfigError(f"--baseline {spec!r}: unknown key {key!r}; use one of {', '.join(known)}")
+        match = trials[column].astype(str) == value.strip()
+    else:
+        match = (trials["variant"] == spec) | (trials["arm"] == spec)
+    if not match.any():
+        variants = ", ".join(sorted(set(trials["variant"])))
+        raise ConfigError(f"--baseline {spec!r} matches no trial; variants: {variants}")
+    chosen = ranked[match.reindex(ranked.index, fill_value=False)]
+    out: dict[str, str | None] = {}
+    for context, group in ranked.groupby("context"):
+        bases = sorted(set(chosen.loc[chosen["context"] == context, "arm"]))
+        if len(bases) > 1:
+            raise ConfigError(f"--baseline {spec!r} matches several arms ({', '.join(bases)}); name one variant")
+        out.update({arm: bases[0] if bases else None for arm in group["arm"].unique()})
+    return out
+
+
+def _evals(curves: pd.DataFrame, ranked: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Rows of ranked trials at each milestone with a value of ``metric`` (for compare_arms)."""
+    ev = curves[curves["trial"].isin(ranked["trial"])].dropna(subset=[metric])
+    ev = ev.assign(value=ev[metric], epoch=ev["epoch"].astype(int))
+    prefix = f"{metric}/"
+    return ev, {c[len(prefix):]: c for c in ev if c.startswith(prefix)}
+
+
+def _labels(records: list[TrialRecord]) -> list[str] | None:
+    """Label names in score-column order (the probe's per_label order)."""
+    for rec in records:
+        for probe in rec.probes.values():
+            names = list((probe.get("test") or {}).get("per_label") or {})
+            if names:
+                return names
+    return None
+
+
+def _bank(records: list[TrialRecord], keys: set[tuple[str, int]], n_boot: int,
+          seed: int) -> tuple[ScoreBank | None, list[str]]:
+    """Bootstrap the per-image test scores that exist among ``keys``; notes say what is missing."""
+    paths = {(r.trial, e): p for r in records for e, p in r.npz.items()}
+    have = sorted(k for k in keys if k in paths)
+    notes = []
+    if len(have) < len(keys):
+        missing = sorted({t for t, _ in keys - set(have)})
+        notes.append(f"{len(missing)} trial(s) lack per-image test scores (probes/epoch_XXX_test.npz) at the "
+                     f"epochs compared ({', '.join(missing)}); their arms use the seed-level fallback")
+    if not have:
+        return None, notes
+    scores, targets = {}, None
+    for key in have:
+        s, t = read_scores(paths[key])
+        if targets is None:
+            targets = t
+        elif t.shape != targets.shape or not np.array_equal(t, targets):
+            return None, notes + ["test targets differ between trials (different caches?): the image "
+                                  "bootstrap is impossible, every arm uses the seed-level fallback"]
+        scores[key] = s
+    assert targets is not None
+    labels = _labels(records)
+    labels = labels if labels and len(labels) == targets.shape[1] else None
+    return build_bank(scores, targets, labels, n_boot, seed), notes
+
+
+def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """Object columns mixing types (a hyper-parameter that is 0.1 in one trial and "a" in another)
+    become strings, which Arrow can store."""
+    out = df.copy()
+    for column in out.select_dtypes(include="object").columns:
+        kinds = {type(v) for v in out[column].dropna()}
+        if len(kinds) > 1:
+            out[column] = out[column].map(lambda v: v if pd.isna(v) else str(v))
+    return out
+
+
+def _write_atomically(out: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp)`` into a sibling temp dir, then swap it in for ``out`` (two renames)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        write(tmp)
+        tmp.chmod(0o755)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_args(metric: str, n_boot: int) -> None:
+    if metric not in METRICS:
+        raise ConfigError(f"--metric {metric!r}; valid: {', '.join(METRICS)}")
+    if n_boot < 1:
+        raise ConfigError(f"--n-boot {n_boot}: need at least 1 bootstrap draw (1000 recommended)")
+
+
+def _status_counts(ranking: pd.DataFrame, ranked: pd.DataFrame) -> pd.DataFrame:
+    """Add how many of each arm's trials the scheduler stopped early or are still unfinished."""
+    counts = pd.crosstab(ranked["arm"], ranked["status"]).reindex(columns=[STOPPED_EARLY, UNFINISHED], fill_value=0)
+    counts = counts.rename(columns={STOPPED_EARLY: "n_stopped_early", UNFINISHED: "n_unfinished"})
+    return ranking.merge(counts, left_on="arm", right_index=True, how="left").fillna(
+        {"n_stopped_early": 0, "n_unfinished": 0}).astype({"n_stopped_early": int, "n_unfinished": int})
+
+
+def _compare(records: list[TrialRecord], trials: pd.DataFrame, curves: pd.DataFrame, metric: str, baseline: str,
+             n_boot: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(ranking, per-label differences, notes): the statistics on the trials that can be ranked."""
+    ranked = trials[trials["status"].isin(RANKED) & (trials["epoch"] > 0)]
+    baseline_of = resolve_baseline(trials, ranked, baseline)
+    evals, label_columns = _evals(curves, ranked, metric)
+    notes: list[str] = []
+    if ranked.empty or evals.empty:
+        notes.append("no completed, stopped or running trial has reached a milestone with a value of the "
+                     "metric: nothing is ranked yet")
+    if any(v is None for v in baseline_of.values()):
+        notes.append(f"baseline `{baseline}` has no ranked trial in some settings: those arms are not tested")
+    bank = None
+    if metric == "test_auroc" and not evals.empty:
+        bank, more = _bank(records, needed_scores(evals, baseline_of), n_boot, seed)
+        notes += more
+    elif metric == "val_auroc":
+        notes.append("val_auroc: per-image val scores are not saved, so the seed-level analysis is used")
+    ranking, per_label = compare_arms(evals, baseline_of, bank, label_columns, seed)
+    return _status_counts(ranking, ranked), per_label, notes
+
+
+def _write_all(tmp: Path, findings: Findings, curves: pd.DataFrame, metric: str) -> None:
+    """Every output file, into ``tmp`` (renamed into place by the caller)."""
+    f, names = findings, FIGURES
+    plots.plot_ranking(f.ranking, tmp / names["ranking"], f.metric_label)
+    plots.plot_curves(curves, tmp / names["curves"], f.info.milestones)
+    plots.plot_label_heatmap(f.per_label, tmp / names["labels"], f.metric_label.replace(" macro", ""))
+    plots.plot_compute(f.trials, tmp / names["compute"], metric, f.metric_label)
+    f.ranking.to_csv(tmp / "ranking.csv", index=False)
+    f.per_label.to_csv(tmp / "per_label.csv", index=False)
+    _parquet_safe(f.trials).to_parquet(tmp / "trials.parquet", index=False)
+    (tmp / "report.md").write_text(report_markdown(f))
+
+
+def analyze(experiment: Path, out: Path | None = None, metric: str = "test_auroc", baseline: str = "fusion=none",
+            n_boot: int = 1000, seed: int = 0) -> AnalysisResult:
+    """Rank the experiment's EHR variants against ``baseline`` and write the report into ``out``
+    (default ``EXPERIMENT_DIR/analysis``): report.md, ranking.csv, per_label.csv, trials.parquet
+    and four PNGs. ``metric``: test_auroc (image+seed bootstrap where per-image scores exist) or
+    val_auroc (seed level). Raises MMSNError subclasses for a bad directory or argument."""
+    _check_args(metric, n_boot)
+    experiment = Path(experiment)
+    info, records, trials, notes = load_records(experiment)
+    curves = curves_from(records, trials)
+    ranking, per_label, more = _compare(records, trials, curves, metric, baseline, n_boot, seed)
+    findings = Findings(info, trials, ranking, per_label, tuple(notes + more), metric, METRICS[metric], baseline,
+                        n_boot, seed, dict(FIGURES))
+    out = Path(out) if out is not None else experiment / "analysis"
+    _write_atomically(out, lambda tmp: _write_all(tmp, findings, curves, metric))
+    files = {**{k: out / v for k, v in FIGURES.items()}, "ranking_csv": out / "ranking.csv",
+             "per_label_csv": out / "per_label.csv", "trials_parquet": out / "trials.parquet"}
+    return AnalysisResult(ranking, per_label, trials, out, out / "report.md", files, findings.notes)
+
+
+def format_ranking(ranking: pd.DataFrame) -> str:
+    """A compact text table of the ranking for the terminal."""
+    if ranking.empty:
+        return "(nothing ranked yet)"
+    table = pd.DataFrame({
+        "#": ranking["rank"], "arm": ranking["arm"], "n": ranking["n_trials"], "epochs": ranking["epochs"],
+        "mean [95% CI]": [interval(*v) for v in zip(ranking["mean"], ranking["ci_lo"], ranking["ci_hi"])],
+        "diff [95% CI]": [interval(*v, spec="+.4f") for v in zip(ranking["diff"], ranking["diff_lo"],
+                                                                 ranking["diff_hi"])],
+        "p_holm": [num(p, ".3g") for p in ranking["p_holm"]], "verdict": ranking["verdict"]})
+    return table.to_string(index=False)
