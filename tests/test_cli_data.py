@@ -20,7 +20,7 @@ def test_prepare_then_info_on_fixture_tree(dataset: str, tmp_path: Path, capsys:
     root = TREES[dataset](tmp_path / "raw")
     out = tmp_path / "cache"
     assert main(["data", "prepare", "--dataset", dataset, "--root", str(root), "--out", str(out),
-                 "--size", "32", "--split", "0.5,0.25,0.25"]) == 0
+                 "--size", "32", "--split", "0.34,0.33,0.33"]) == 0
     cache = open_cache(out)
     assert cache.meta["dataset"] == dataset and cache.images.shape[1:] == (32, 32)
     assert cache.table.groupby("patient_id")["split"].nunique().max() == 1
