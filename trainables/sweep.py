@@ -54,21 +54,32 @@ def build_search(space: Space, experiment: Path) -> tuple[Any, dict[str, Any], i
         keys = [a.key for a in space.axes] + ["train.seed"]
         points = [{k: p.get(k, INACTIVE) for k in keys} for p in grid_points(space)] * space.search.num_samples
         param_space = {k: tune.choice(sorted({p[k] for p in points}, key=str)) for k in keys}
-        return BasicVariantGenerator(points_to_evaluate=points), param_space, len(points)
+        limit = space.resources.max_concurrent_trials  # TuneConfig's limit does not reach a given generator
+        return BasicVariantGenerator(points_to_evaluate=points, max_concurrent=limit), param_space, len(points)
     import optuna
+    from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
-
-    def define(trial: Any) -> dict[str, Any]:
-        params = suggest(space, trial)
-        return {k: v for k, v in params.items() if k not in trial.params}  # constants only
 
     sampler = (optuna.samplers.RandomSampler(seed=space.search.seed) if space.search.algorithm == "random"
                else optuna.samplers.TPESampler(seed=space.search.seed))
     points = [{k: encode_value(v) for k, v in p.items()} for p in space.search.points_to_evaluate]
-    search = OptunaSearch(space=define, metric=space.metric, mode=space.mode, sampler=sampler,
+    search = OptunaSearch(space=DefineByRun(space), metric=space.metric, mode=space.mode, sampler=sampler,
                           points_to_evaluate=points or None, study_name=space.name,
                           storage=optuna.storages.RDBStorage(f"sqlite:///{experiment / 'optuna.db'}"))
-    return search, {}, space.search.num_samples
+    limited = ConcurrencyLimiter(search, max_concurrent=space.resources.max_concurrent_trials)
+    return limited, {}, space.search.num_samples
+
+
+class DefineByRun:
+    """Optuna define-by-run over the space's axes; a class (not a closure) because Tune pickles the
+    searcher into the experiment state for ``--resume``."""
+
+    def __init__(self, space: Space) -> None:
+        self.space = space
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        params = suggest(self.space, trial)
+        return {k: v for k, v in params.items() if k not in trial.params}  # constants only
 
 
 def build_scheduler(space: Space) -> Any:
@@ -83,17 +94,19 @@ def build_scheduler(space: Space) -> Any:
         return HyperBandScheduler(max_t=m[-1], reduction_factor=s.reduction_factor, **common)
     if s.type == "pbt":
         interval = m[min(s.perturbation_interval, len(m)) - 1]
-        return PopulationBasedTraining(perturbation_interval=interval, seed=space.search.seed,
+        return PopulationBasedTraining(perturbation_interval=interval,
                                        hyperparam_mutations={k: list(v) for k, v in s.mutations}, **common)
     return FIFOScheduler()
 
 
 def local_cpus(space: Space) -> int:
-    """Logical CPUs for a local Ray: enough for max_concurrent_trials trials (their drivers take a
-    sliver; train workers and the probe task never run at the same time within a trial)."""
+    """Logical CPUs for a local Ray: twice what max_concurrent_trials trials hold at once (their
+    drivers take a sliver; train workers and the probe task never run together within a trial).
+    The headroom is for the Train run of a trial the scheduler just stopped: its placement group is
+    freed by Ray's cleaner a little later, and the next trial must not wait for that."""
     r = space.resources
     per_trial = max(r.workers * r.cpus_per_worker, r.probe_cpus) + 0.05
-    return max(os.cpu_count() or 1, math.ceil(r.max_concurrent_trials * per_trial))
+    return max(os.cpu_count() or 1, math.ceil(2 * r.max_concurrent_trials * per_trial))
 
 
 def start_ray(space: Space, address: str | None) -> None:
