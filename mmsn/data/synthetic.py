@@ -361,7 +361,7 @@ class Patient:
     noise: float
     blur: float  # in units of a 128 px film
     ap: bool
-    vessels: np.ndarray = field(repr=False)  # (48, 6) noise in (angle, radius) around the hila
+    vessels: np.ndarray = field(repr=False)  # (64, 6) noise in (angle, radius) around the hila
     texture: np.ndarray = field(repr=False)  # (3, 14, 14) smooth noise for patchy findings
 
 
@@ -390,7 +390,7 @@ def draw_patient(rng: np.random.Generator, g: np.ndarray, age: float, female: bo
         marks=rng.uniform(0.5, 1.0) * (1 - 0.6 * emph), lucency=0.3 * emph + rng.normal(0, 0.04),
         exposure=(rng.normal(1.0, 0.1) * (0.82 if ap else 1.0), rng.normal(0.0, 0.05), rng.uniform(0.8, 1.25)),
         noise=rng.uniform(0.01, 0.03) * (1.6 if ap else 1.0), blur=rng.uniform(0.5, 1.2) * (1.2 if ap else 1.0),
-        ap=ap, vessels=rng.standard_normal((48, 6)).astype(np.float32),
+        ap=ap, vessels=rng.standard_normal((64, 6)).astype(np.float32),
         texture=rng.standard_normal((3, 14, 14)).astype(np.float32))
 
 
@@ -498,7 +498,7 @@ def soft_tissue(c: Canvas, p: Patient) -> np.ndarray:
     body = 0.03 + 0.52 * thick
     if p.breast > 0:  # rounded soft tissue with a sharper lower edge (inframammary fold)
         for k in (-1.0, 1.0):
-            d = ((c.u - 0.5 * k * p.body_w) / 0.34) ** 2 + ((c.v - 0.32) / 0.27) ** 2
+            d = ((c.u - 0.58 * k * p.body_w) / 0.34) ** 2 + ((c.v - 0.36) / 0.27) ** 2
             body = body + p.breast * np.sqrt(np.clip(1 - d, 0, 1))
     return body
 
@@ -531,8 +531,8 @@ def bones(c: Canvas, p: Patient, lung: np.ndarray) -> np.ndarray:
     cage = ramp(p.body_w - 0.1 - x, 0.08) * ramp(x - 0.08, 0.04) * ramp(0.55 - c.v, 0.2)
     ribs = (ramp(post - 0.3, 0.5) + 0.4 * ramp(ant - 0.4, 0.5) * ramp(x - 0.35, 0.25)) * cage
     xs = x - 0.07
-    centre = p.clavicle_v - 0.22 * xs + 0.04 * np.sin(2 * np.pi * np.clip(xs / 0.55, 0, 1))  # gentle S
-    clavicle = ramp(0.04 - np.abs(c.v - centre), edge) * ramp(xs, 0.02) * ramp(0.62 - x, 0.05)
+    centre = p.clavicle_v - 0.2 * xs + 0.04 * np.sin(2 * np.pi * np.clip(xs / 0.7, 0, 1))  # gentle S
+    clavicle = ramp(0.04 - np.abs(c.v - centre), edge) * ramp(xs, 0.02) * ramp(0.8 - x, 0.05)
     out = 0.025 * spine + p.bone * (0.05 * ribs * (0.3 + 0.7 * lung) + 0.1 * clavicle)
     if p.ap:  # scapulae project over the upper lateral lung fields on AP films
         out = out + 0.05 * ramp(x - 0.62 - 0.1 * c.v, 0.08) * ramp(0.05 - c.v, 0.15) * ramp(c.v + 0.8, 0.1)
@@ -547,12 +547,12 @@ def vessels(c: Canvas, p: Patient) -> np.ndarray:
     hv = np.where(left, HILA[1][1], HILA[0][1])
     du, dv = c.u - hu, c.v - hv
     r = np.hypot(du, dv)
-    angle = np.arctan2(dv, np.abs(du))
+    angle = np.arctan2(dv, np.abs(du)) + 0.08 * sample_noise(c, p.texture[1], zoom=1.5)  # tortuous
     n_angle, n_radius = p.vessels.shape
     coords = np.stack([(angle + np.pi) / (2 * np.pi) * n_angle, np.clip(r / 1.1, 0, 0.99) * (n_radius - 1)])
     noise = ndimage.map_coordinates(p.vessels, coords, order=1, mode="grid-wrap")
-    lines = np.exp(-(noise * (r + 0.12) / 0.07) ** 2) * np.exp(-r / 0.45)
-    hilum = np.exp(-(du / 0.07) ** 2 - (dv / 0.13) ** 2)
+    lines = np.exp(-(noise * (r + 0.12) / 0.07) ** 2) * np.exp(-r / 0.45) * ramp(r - 0.1, 0.12)
+    hilum = np.exp(-(du / 0.08) ** 2 - (dv / 0.14) ** 2)
     return lines + 0.6 * hilum
 
 
@@ -572,7 +572,8 @@ def expose(density: np.ndarray, p: Patient, size: int, rng: np.random.Generator)
     """Film: per-patient contrast/brightness/gamma (AP: lower contrast), blur, quantum noise -> uint8."""
     contrast, brightness, gamma = p.exposure
     img = np.clip(0.5 + brightness + 1.2 * contrast * (density - 0.38), 0, 1) ** gamma
-    img = ndimage.gaussian_filter(img, max(0.35, p.blur * size / 128))
+    # Blur scales with size up to ~200 px (same look), then stays put so large films keep detail.
+    img = ndimage.gaussian_filter(img, max(0.35, p.blur * min(size, 192) / 128))
     img = img + p.noise * rng.standard_normal(img.shape, dtype=np.float32)
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
@@ -683,7 +684,7 @@ def paint_mass(c: Canvas, p: Patient, rng: np.random.Generator, g: float, lay: L
     """Mass: a large (> 3 cm) round, lobulated, fairly well-defined opacity."""
     u0, v0 = lung_point(c, p, rng, any_side(rng))
     theta = np.arctan2(c.v - v0, c.u - u0)
-    r = (0.055 + 0.08 * g) * (1 + 0.12 * np.sin(3 * theta + rng.uniform(0, 6)) + 0.06 * np.sin(5 * theta))
+    r = (0.055 + 0.08 * g) * (1 + 0.06 * np.sin(3 * theta + rng.uniform(0, 6)) + 0.04 * np.sin(5 * theta))
     lay.opacity += (0.55 + 0.4 * g) * disk(c, u0, v0, r, 0.02)
 
 
