@@ -11,8 +11,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from mmsn.errors import MMSNError
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", type=Path, metavar="EXPERIMENT_DIR",
@@ -48,15 +46,9 @@ def add_analyze_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m analysis.cli EXPERIMENT_DIR ...`` (the same as ``mmsn analyze``)."""
-    parser = argparse.ArgumentParser(prog="python -m analysis.cli", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        analyze_command(args)
-    except MMSNError as err:
-        print(f"mmsn analyze: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    from mmsn.cli import standalone
+
+    return standalone("python -m analysis.cli", __doc__.splitlines()[0], add_arguments, analyze_command, argv)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from mmsn.metrics import resample_counts, weighted_auroc
+
 ALPHA = 0.05
 BASELINE, NO_BASELINE, INSUFFICIENT = "baseline", "no baseline", "insufficient data"
 BETTER, WORSE, NO_EVIDENCE = "better", "worse", "no evidence"
@@ -38,50 +40,6 @@ RANKING_COLUMNS = ["rank", "arm", "n_trials", "seeds", "epochs", "mean", "ci_lo"
 LABEL_COLUMNS = ["arm", "baseline", "label", "diff", "lo", "hi", "method"]
 
 # --- AUROC under image resamples ---------------------------------------------------------------
-
-
-def resample_counts(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarray:
-    """(n_boot, n) int32: how often each of n images is drawn in each resample of size n."""
-    draws = rng.integers(0, n, size=(n_boot, n)) + (np.arange(n_boot) * n)[:, None]
-    return np.bincount(draws.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(np.int32)
-
-
-def weighted_auroc(counts: np.ndarray, y: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """AUROC of one label under each row of (b, N) image multiplicities -> (b,); NaN if a class is absent.
-
-    Sorting once and summing multiplicities per tie group gives each resample's Mann-Whitney U
-    without re-ranking: U = sum over tie groups g of pos_g * (negatives below g + neg_g / 2).
-    """
-    order = np.argsort(score, kind="stable")
-    sorted_score = score[order]
-    starts = np.flatnonzero(np.r_[True, sorted_score[1:] != sorted_score[:-1]])  # tie groups
-    c = counts[:, order]  # (b, N)
-    if len(starts) == len(score):
-        return _untied_auroc(c, y[order] > 0.5)
-    pos_c = c * (y[order] > 0.5)
-    pos = np.add.reduceat(pos_c, starts, axis=1).astype(np.float64)  # (b, G)
-    neg = np.add.reduceat(c - pos_c, starts, axis=1).astype(np.float64)
-    below = np.cumsum(neg, axis=1) - neg
-    pairs = pos.sum(axis=1) * neg.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(pairs > 0, (pos * (below + 0.5 * neg)).sum(axis=1) / pairs, np.nan)
-
-
-def _untied_auroc(c: np.ndarray, positive: np.ndarray) -> np.ndarray:
-    """The no-ties case of :func:`weighted_auroc` (probe scores are continuous), in integers: about
-    3x faster, which matters with hundreds of trials x 14 labels x 1000 draws x thousands of images.
-    ``c`` (b, N) multiplicities in score order, ``positive`` (N,) bool in the same order."""
-    neg_below = np.cumsum(c * ~positive, axis=1)  # (b, N) negatives at or below each rank
-    pos_c = c[:, positive]
-    u = (pos_c.astype(np.int64) * neg_below[:, positive]).sum(axis=1)  # a positive's own column adds 0
-    pairs = pos_c.sum(axis=1, dtype=np.int64) * neg_below[:, -1].astype(np.int64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(pairs > 0, u / np.maximum(pairs, 1), np.nan)
-
-
-def auroc(y: np.ndarray, score: np.ndarray) -> float:
-    """AUROC of (N,) 0/1 targets and (N,) scores on the full set; NaN if a class is absent."""
-    return float(weighted_auroc(np.ones((1, len(y)), np.int32), np.asarray(y), np.asarray(score, float))[0])
 
 
 @dataclass(frozen=True)

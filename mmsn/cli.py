@@ -130,13 +130,27 @@ def build_parser(extra: Sequence[Adder] = ()) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, extra: Sequence[Adder] = ()) -> int:
     """Run one command. ``extra`` adds commands defined outside mmsn (trainables: sweep, analyze),
     so this package never imports Ray."""
-    args = build_parser(extra).parse_args(argv)
+    return run_parser(build_parser(extra), argv)
+
+
+def run_parser(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse and run ``args.func``; a user error prints one line and returns 2 (nothing half-written)."""
+    args = parser.parse_args(argv)
     try:
         args.func(args)
     except MMSNError as err:
-        print(f"mmsn: error: {err}", file=sys.stderr)
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def standalone(prog: str, description: str, add_arguments: Callable[[argparse.ArgumentParser], None],
+               command: Callable[[argparse.Namespace], None], argv: Sequence[str] | None) -> int:
+    """Run one command as its own program (``python -m trainables.sweep``, ``python -m analysis.cli``)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser)
+    parser.set_defaults(func=command)
+    return run_parser(parser, argv)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from analysis.cli import main as cli_main
 from analysis.load import ExperimentInfo, assign_arms, error_summary, load_curves, load_scores, load_trials
 from analysis.plots import pareto_front
 from analysis.report import analyze, format_ranking, resolve_baseline
+from mmsn import metrics
 from mmsn.errors import ConfigError, DataError
 
 N_IMAGES, LABELS = 400, ("Atelectasis", "Cardiomegaly", "Edema", "Effusion", "Pneumonia")
@@ -43,8 +44,8 @@ def test_auroc_equals_mann_whitney_with_ties() -> None:
     y, s = rng.integers(0, 2, 300), rng.normal(size=300).round(1)  # rounding makes many ties
     ranks, n_pos = rankdata(s), y.sum()
     expected = (ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(y) - n_pos))
-    assert stats.auroc(y, s) == pytest.approx(expected)
-    assert math.isnan(stats.auroc(np.zeros(5), np.arange(5.0)))
+    assert metrics.auroc(y, s) == pytest.approx(expected)
+    assert math.isnan(metrics.auroc(np.zeros(5), np.arange(5.0)))
 
 
 def test_identical_score_sets_differ_by_exactly_zero_in_every_draw() -> None:
@@ -176,7 +177,7 @@ FAKE_TRIALS = [
 
 
 def _probe(y: np.ndarray, scores: np.ndarray, split: str) -> dict[str, object]:
-    per = {name: stats.auroc(y[:, j], scores[:, j]) for j, name in enumerate(LABELS)}
+    per = {name: metrics.auroc(y[:, j], scores[:, j]) for j, name in enumerate(LABELS)}
     macro = float(np.mean(list(per.values())))
     return {"macro_auroc": macro, "macro_ci": [macro - 0.03, macro + 0.03],
             "per_label": {k: {"auroc": v, "ci": [v - 0.05, v + 0.05]} for k, v in per.items()},
@@ -356,8 +357,8 @@ def test_resampled_auroc_equals_ranking_each_resample(tied: bool) -> None:
     y, s = rng.random(300) < 0.3, rng.normal(size=300)
     if tied:
         s = s.round(1)
-    counts = stats.resample_counts(rng, 300, 20)
-    got = stats.weighted_auroc(counts, y, s)
+    counts = metrics.resample_counts(rng, 300, 20)
+    got = metrics.weighted_auroc(counts, y, s)
     for row, value in zip(counts, got):
         idx = np.repeat(np.arange(300), row)
         ranks, yy = rankdata(s[idx]), y[idx]

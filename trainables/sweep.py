@@ -194,15 +194,9 @@ def sweep_command(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m trainables.sweep SPACE.yaml ...`` (what ``ray job submit`` runs)."""
-    parser = argparse.ArgumentParser(prog="python -m trainables.sweep", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        sweep_command(args)
-    except MMSNError as err:
-        print(f"mmsn sweep: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    from mmsn.cli import standalone
+
+    return standalone("python -m trainables.sweep", __doc__.splitlines()[0], add_arguments, sweep_command, argv)
 
 
 if __name__ == "__main__":
