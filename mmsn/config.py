@@ -164,7 +164,7 @@ class ProbeConfig:
     """Linear probe on frozen target-encoder features (RESEARCH.md section 4)."""
 
     label_fraction: float = 1.0  # fraction of train labels used, sampled by patient (0.01, 0.1, 1.0)
-    l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # L2 strengths tried; best on val
+    l2_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)  # L2 strengths tried; best on val
     bootstrap: int = 1000  # bootstrap resamples of the CIs
     batch_size: int = 256  # feature extraction batch
     seed: int = 0  # label-fraction draw and bootstrap
