@@ -163,8 +163,14 @@ def run_sweep(space_path: Path, name: str | None = None, storage: Path = Path("e
               smoke: bool = False, resume: bool = False, address: str | None = None) -> Path:
     """Validate the space (before Ray starts), prepare the cache, run or resume the sweep."""
     space = load_space(space_path, smoke=smoke)
-    storage = storage.resolve()
-    experiment = storage / (name or space.name + ("-smoke" if smoke else ""))
+    return run_space(space, storage.resolve() / (name or space.name + ("-smoke" if smoke else "")),
+                     smoke, resume, address)
+
+
+def run_space(space: Space, experiment: Path, smoke: bool = False, resume: bool = False,
+              address: str | None = None) -> Path:
+    """Run (or resume) a loaded space as experiment ``experiment``; its parent holds the data caches."""
+    storage = experiment.parent
     if not resume and list(experiment.glob("experiment_state-*.json")):
         raise MMSNError(f"{experiment}: holds a sweep; pass --resume to continue it or --name for a new one")
     cache = ensure_cache(space, storage)
