@@ -63,6 +63,10 @@ def test_asha_sweep_on_probe_auroc_with_two_workers_and_a_retried_worker(tmp_pat
         assert set(json.loads(probes[-1].read_text())) >= {"val", "test", "epoch"}
         assert list((t / "tb").glob("events.out.tfevents.*"))
     assert "EHR variants ranked" in out and "best trial" in out
+    report = experiment / "analysis"  # the sweep's last step is `mmsn analyze`
+    assert {"report.md", "ranking.csv", "trials.parquet", "ranking.png", "val_curves.png", "per_label_diff.png",
+            "auroc_vs_compute.png"} <= {p.name for p in report.iterdir()}
+    assert f"report: {report / 'report.md'}" in out
     assert not any(experiment.rglob("*patient*"))
 
 
