@@ -9,7 +9,7 @@ import torch
 
 from mmsn.config import ProbeConfig
 from mmsn.data.cache import Cache
-from mmsn.probe import ProbeResult, extract_features, run_probe
+from mmsn.probe import ProbeResult, extract_features, run_probe_splits
 
 Encode = Callable[[torch.Tensor], torch.Tensor]
 
@@ -36,5 +36,4 @@ def probe_encoder(encode: Encode, cache: Cache, cfg: ProbeConfig, size: int, dev
         features[split] = extract_features(encode, cache.images, rows, size, cfg.batch_size, device)
         labels[split] = cache.label_matrix(rows)
     train_patients = cache.table["patient_id"].to_numpy()[cache.rows("train")].astype(str)
-    return {split: run_probe(features, labels, cache.labels, cfg, eval_split=split, train_patients=train_patients)
-            for split in eval_splits}
+    return run_probe_splits(features, labels, cache.labels, cfg, tuple(eval_splits), train_patients)

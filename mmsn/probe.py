@@ -235,10 +235,18 @@ def run_probe(features: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarra
     ids, required when ``label_fraction < 1``. The L2 strength is always chosen on val, so "val"
     metrics are slightly optimistic (what the sweep ranks by) and "test" ones are not.
     """
+    return run_probe_splits(features, labels, label_names, cfg, (eval_split,), train_patients)[eval_split]
+
+
+def run_probe_splits(features: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
+                     label_names: Sequence[str], cfg: ProbeConfig, eval_splits: Sequence[str] = ("val",),
+                     train_patients: Sequence[str] | None = None) -> dict[str, ProbeResult]:
+    """:func:`run_probe` for several splits from ONE fit (a sweep milestone reports val and test)."""
     start = time.perf_counter()
-    if eval_split not in ("val", "test"):
-        raise ValueError(f"eval_split must be 'val' or 'test', got {eval_split!r}")
-    _check_splits(features, labels, label_names, sorted({"train", "val", eval_split}))
+    for split in eval_splits:
+        if split not in ("val", "test"):
+            raise ValueError(f"eval_split must be 'val' or 'test', got {split!r}")
+    _check_splits(features, labels, label_names, sorted({"train", "val", *eval_splits}))
     x_train, y_train = features["train"], labels["train"]
     if cfg.label_fraction < 1:
         if train_patients is None or len(train_patients) != len(x_train):
@@ -246,9 +254,18 @@ def run_probe(features: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarra
         keep = label_fraction_mask(train_patients, cfg.label_fraction, cfg.seed)
         x_train, y_train = x_train[keep], y_train[keep]
     probe = fit_linear_probe(x_train, y_train, features["val"], labels["val"], cfg.l2_grid)
+    fit_seconds = time.perf_counter() - start
+    return {split: _evaluate(probe, features, labels, label_names, cfg, split, len(x_train), fit_seconds)
+            for split in eval_splits}
 
-    y_eval = np.asarray(labels[eval_split])
-    scores = probe.predict(features[eval_split])
+
+def _evaluate(probe: LinearProbe, features: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
+              label_names: Sequence[str], cfg: ProbeConfig, split: str, n_train: int,
+              fit_seconds: float) -> ProbeResult:
+    """Scores, macro/per-label AUROC and bootstrap CIs of a fitted probe on one split."""
+    start = time.perf_counter()
+    y_eval = np.asarray(labels[split])
+    scores = probe.predict(features[split])
     macro, per_label = macro_auroc(y_eval, scores)
     boot = bootstrap_aurocs(y_eval, scores, cfg.bootstrap, cfg.seed)
     alpha = 0.05
@@ -258,10 +275,10 @@ def run_probe(features: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarra
         per_label={name: {"auroc": float(per_label[j]), "ci": percentile_ci(boot[:, j], alpha)}
                    for j, name in enumerate(label_names)},
         l2=probe.l2,
-        sizes={"train": len(x_train), **{s: len(features[s]) for s in sorted({"val", eval_split})}},
+        sizes={"train": n_train, **{s: len(features[s]) for s in sorted({"val", split})}},
         label_fraction=cfg.label_fraction,
-        split=eval_split,
-        seconds=time.perf_counter() - start,
+        split=split,
+        seconds=fit_seconds + time.perf_counter() - start,
         scores=scores.astype(np.float32),
         targets=y_eval.astype(np.int8),
     )
@@ -279,4 +296,5 @@ __all__ = [
     "label_fraction_mask",
     "macro_auroc",
     "run_probe",
+    "run_probe_splits",
 ]

@@ -197,3 +197,19 @@ def test_run_probe_errors() -> None:
         run_probe({k: v for k, v in feats.items() if k != "test"}, labels, LABELS, ProbeConfig(), "test")
     with pytest.raises(ValueError, match="expected"):
         run_probe(feats, labels, LABELS[:3], ProbeConfig())
+
+
+def test_one_fit_for_val_and_test_equals_separate_probes() -> None:
+    from mmsn.config import ProbeConfig
+    from mmsn.probe import run_probe, run_probe_splits
+
+    rng = np.random.default_rng(3)
+    y = {s: rng.integers(0, 2, (n, 3)).astype(np.float32) for s, n in (("train", 300), ("val", 100), ("test", 120))}
+    x = {s: np.concatenate([y[s] + rng.normal(0, 1.5, y[s].shape), rng.normal(size=(len(y[s]), 5))], 1)
+         for s in y}
+    cfg = ProbeConfig(bootstrap=50)
+    both = run_probe_splits(x, y, ("a", "b", "c"), cfg, ("val", "test"))
+    for split in ("val", "test"):
+        alone = run_probe(x, y, ("a", "b", "c"), cfg, eval_split=split)
+        assert both[split].macro_auroc == alone.macro_auroc and both[split].macro_ci == alone.macro_ci
+        assert np.array_equal(both[split].scores, alone.scores)
