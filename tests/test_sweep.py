@@ -77,8 +77,9 @@ def test_pbt_clones_a_trial_and_continues(tmp_path: Path) -> None:
     lrs = {t.name: progress(t)["config"].map(lambda c: c["optim.lr"]).tolist() for t in trials}
     # exploit: a trial's lr changes mid-run (it took a better trial's checkpoint and perturbed config)
     assert any(len(set(v)) > 1 for v in lrs.values()), (lrs, out[-2000:])
-    for t in trials:
-        assert progress(t)["epoch"].tolist() == [1, 2, 3]
+    for t in trials:  # every trial finishes; a clone continues from the donor's epoch (may skip its own report)
+        epochs = progress(t)["epoch"].tolist()
+        assert epochs[0] == 1 and epochs[-1] == 3 and epochs == sorted(set(epochs)), epochs
 
 
 def test_killed_optuna_sweep_resumes_without_running_a_trial_twice(tmp_path: Path) -> None:
