@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
-from mmsn.errors import ConfigError
+from mmsn.errors import ConfigError, unknown_name
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -48,14 +48,14 @@ class ViewsConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """ViT backbone (timm), projection head and prototypes."""
+    """ViT backbone (timm) and the objective's projection head (every objective reads these sizes)."""
 
     backbone: str = "vit_micro"  # timm ViT name (vit_tiny_patch16_224, vit_small_patch16_224) or vit_micro/vit_nano
     patch_size: int = 0  # 0: the backbone's own; otherwise override (e.g. 8 for 64 px inputs)
     drop_path: float = 0.0  # stochastic depth rate of the backbone
-    head_hidden: int = 512  # projection head hidden width (paper: 2048)
-    head_out: int = 128  # projection output dim = prototype dim (paper: 256)
-    n_prototypes: int = 256  # K learnable prototypes (paper: 1024)
+    head_hidden: int = 512  # head hidden width (MSN: 2048; DINO: 2048; VICReg/MLVICX expander: 8192/4096)
+    head_out: int = 128  # head output: MSN prototype dim (256); DINO bottleneck (256); VICReg output (8192)
+    n_prototypes: int = 256  # K: MSN's learnable prototypes (1024); DINO's output dim (CXR-EHR-MSN: 1024)
 
     def __post_init__(self) -> None:
         _require(bool(self.backbone), "model.backbone", "must name a backbone")
@@ -94,19 +94,94 @@ class EHRConfig:
 
 
 @dataclass(frozen=True)
-class LossConfig:
-    """MSN loss (lightly's MSNLoss arguments)."""
+class ObjectiveConfig:
+    """Which pretraining objective runs (mmsn.objectives.OBJECTIVES); its own section holds its keys."""
+
+    name: str = "msn"  # msn | vicreg | mlvicx | dino
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name), "objective.name", "must name an objective")
+
+
+@dataclass(frozen=True)
+class MSNConfig:
+    """MSN (RESEARCH.md section 1): lightly's MSNLoss arguments and the EMA of the target branch."""
 
     temperature: float = 0.1  # anchor softmax temperature
     target_temperature: float = 0.25  # sharpening temperature of target probabilities
     sinkhorn_iterations: int = 3  # 0 disables Sinkhorn balancing
     me_max_weight: float = 1.0  # weight of the mean-entropy-maximisation term
+    ema_start: float = 0.996  # EMA momentum of the target encoder at step 0
+    ema_end: float = 1.0  # EMA momentum at the last step (linear)
 
     def __post_init__(self) -> None:
-        _require(self.temperature > 0, "loss.temperature", "must be > 0")
-        _require(self.target_temperature > 0, "loss.target_temperature", "must be > 0")
-        _require(self.sinkhorn_iterations >= 0, "loss.sinkhorn_iterations", "must be >= 0")
-        _require(self.me_max_weight >= 0, "loss.me_max_weight", "must be >= 0")
+        _require(self.temperature > 0, "msn.temperature", "must be > 0")
+        _require(self.target_temperature > 0, "msn.target_temperature", "must be > 0")
+        _require(self.sinkhorn_iterations >= 0, "msn.sinkhorn_iterations", "must be >= 0")
+        _require(0 <= self.me_max_weight <= 100, "msn.me_max_weight", "must be in [0, 100]")
+        _require(0 <= self.ema_start <= self.ema_end <= 1, "msn.ema_start", "need 0 <= ema_start <= ema_end <= 1")
+
+
+@dataclass(frozen=True)
+class VICRegConfig:
+    """VICReg (Bardes et al. 2022) on two views; the expander is model.head_hidden wide, 3 layers, and
+    outputs model.head_out (paper: 8192 / 8192)."""
+
+    sim_weight: float = 25.0  # invariance (MSE) weight (paper: 25)
+    var_weight: float = 25.0  # variance hinge weight (paper: 25)
+    cov_weight: float = 1.0  # covariance weight (paper: 1)
+    eps: float = 1e-4  # inside the sqrt of the variance
+
+    _section: ClassVar[str] = "vicreg"  # where error messages point (MLVICX reuses these checks)
+
+    def __post_init__(self) -> None:
+        prefix = self._section
+        for key in ("sim_weight", "var_weight", "cov_weight"):
+            _require(0 <= getattr(self, key) <= 1000, f"{prefix}.{key}", "must be in [0, 1000]")
+        _require(0 < self.eps < 1, f"{prefix}.eps", "must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class MLVICXConfig(VICRegConfig):
+    """MLVICX (azad6629/mlvicx): VIC(global) + multi_level_weight * VIC(multi-level). The levels are
+    ViT blocks given as fractions of the depth (the paper's ResNet stages); see mmsn/objectives/mlvicx.py."""
+
+    _section: ClassVar[str] = "mlvicx"
+
+    multi_level_weight: float = 1.0  # lambda of the multi-level term (paper code: 1)
+    levels: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # blocks at these fractions of the depth
+    level_dim: int = 0  # width of each level's projection before the sum; 0 = the backbone width
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(0 <= self.multi_level_weight <= 100, "mlvicx.multi_level_weight", "must be in [0, 100]")
+        _require(len(self.levels) > 0 and all(0 < f <= 1 for f in self.levels), "mlvicx.levels",
+                 "fractions of the depth in (0, 1], at least one")
+        _require(self.level_dim >= 0, "mlvicx.level_dim", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class DINOConfig:
+    """DINO (Caron et al. 2021), the CXR-EHR-MSN baseline: teacher = EMA of the student, centring,
+    teacher-temperature warm-up, multi-crop with MSN's views (2 global to the teacher, all to the student).
+    The head is model.head_hidden wide, bottleneck model.head_out, and model.n_prototypes outputs."""
+
+    teacher_temp: float = 0.04  # teacher softmax temperature after warm-up (lightly: 0.04)
+    warmup_teacher_temp: float = 0.04  # teacher temperature at epoch 0 (DINO: 0.04)
+    warmup_teacher_temp_epochs: float = 0.0  # linear warm-up length (CXR-EHR-MSN: 5; DINO: 30)
+    student_temp: float = 0.1  # student softmax temperature
+    center_momentum: float = 0.9  # EMA of the teacher-output centre
+    ema_start: float = 0.996  # teacher EMA momentum at step 0
+    ema_end: float = 1.0  # at the last step (cosine, as DINO)
+    freeze_last_layer_epochs: float = 0.0  # epochs without gradient steps on the last head layer (DINO: 1)
+
+    def __post_init__(self) -> None:
+        for key in ("teacher_temp", "warmup_teacher_temp", "student_temp"):
+            _require(0 < getattr(self, key) <= 10, f"dino.{key}", "must be in (0, 10]")
+        _require(self.warmup_teacher_temp_epochs >= 0, "dino.warmup_teacher_temp_epochs", "must be >= 0")
+        _require(0 <= self.center_momentum < 1, "dino.center_momentum", "must be in [0, 1)")
+        _require(0 <= self.ema_start <= self.ema_end <= 1, "dino.ema_start", "need 0 <= ema_start <= ema_end <= 1")
+        _require(self.freeze_last_layer_epochs >= 0, "dino.freeze_last_layer_epochs", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -119,8 +194,6 @@ class OptimConfig:
     warmup_epochs: float = 1.0  # linear warm-up length (paper: 15 of 800)
     weight_decay: float = 0.04  # start of the cosine weight-decay schedule
     final_weight_decay: float = 0.4  # end of the weight-decay schedule
-    ema_start: float = 0.996  # EMA momentum of the target encoder at step 0
-    ema_end: float = 1.0  # EMA momentum at the last step (linear)
     clip_grad: float = 3.0  # max grad norm; 0 disables clipping
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
 
@@ -130,7 +203,6 @@ class OptimConfig:
         _require(self.lr > 0, "optim.lr", "must be > 0")
         _require(self.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
         _require(self.weight_decay >= 0 and self.final_weight_decay >= 0, "optim.weight_decay", "must be >= 0")
-        _require(0 <= self.ema_start <= self.ema_end <= 1, "optim.ema_start", "need 0 <= ema_start <= ema_end <= 1")
         _require(self.clip_grad >= 0, "optim.clip_grad", "must be >= 0")
 
 
@@ -184,10 +256,85 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     ehr: EHRConfig = field(default_factory=EHRConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    msn: MSNConfig = field(default_factory=MSNConfig)
+    vicreg: VICRegConfig = field(default_factory=VICRegConfig)
+    mlvicx: MLVICXConfig = field(default_factory=MLVICXConfig)
+    dino: DINOConfig = field(default_factory=DINOConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+    def __post_init__(self) -> None:
+        if self.objective.name not in OBJECTIVE_SECTIONS:
+            raise ConfigError(unknown_name("objective.name", self.objective.name, OBJECTIVE_SECTIONS))
+
+
+# objective name -> the config sections it reads. mmsn.objectives.OBJECTIVES has the same names. A config file
+# may carry several objectives' sections (a recipe for each); a key *set* for a run - an override, a space
+# axis, a file that also names its objective - in a section its objective does not read is an error
+# (check_objective_keys), since it would silently do nothing.
+OBJECTIVE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "msn": ("msn",),
+    "vicreg": ("vicreg",),
+    "mlvicx": ("mlvicx",),
+    "dino": ("dino",),
+}
+
+# Keys written before objectives were a config axis (loss.*, optim.ema_*) -> their place in MSN's section.
+# Old YAML files, --set overrides, spaces and run directories keep loading; the old key wins when both appear.
+LEGACY_KEYS: dict[str, str] = {
+    "loss.temperature": "msn.temperature",
+    "loss.target_temperature": "msn.target_temperature",
+    "loss.sinkhorn_iterations": "msn.sinkhorn_iterations",
+    "loss.me_max_weight": "msn.me_max_weight",
+    "optim.ema_start": "msn.ema_start",
+    "optim.ema_end": "msn.ema_end",
+}
+
+
+def check_objective_keys(keys: Iterable[str], objective: str) -> None:
+    """ConfigError for the first dotted key that lies in another objective's section than ``objective``'s."""
+    own = set(OBJECTIVE_SECTIONS[objective])
+    owners: dict[str, list[str]] = {}
+    for name, sections in OBJECTIVE_SECTIONS.items():
+        for section in sections:
+            owners.setdefault(section, []).append(name)
+    for key in keys:
+        section = canonical_key(key).split(".")[0]
+        if section in owners and section not in own:
+            raise ConfigError(f"{key}: read only by objective {' / '.join(owners[section])}, but objective.name is "
+                              f"{objective!r}; drop the key or make it conditional "
+                              f"(when: {{objective.name: [{owners[section][0]}]}})")
+
+
+def flat_keys(data: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys of a nested mapping: ``{"optim": {"lr": 1}}`` -> ["optim.lr"]."""
+    out: list[str] = []
+    for key, value in data.items():
+        out += flat_keys(value, f"{prefix}{key}.") if isinstance(value, Mapping) else [f"{prefix}{key}"]
+    return out
+
+
+def canonical_key(dotted: str) -> str:
+    """Today's name of a dotted config key (``loss.temperature`` -> ``msn.temperature``)."""
+    return LEGACY_KEYS.get(dotted, dotted)
+
+
+def _migrate_legacy(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested config dict with legacy keys moved to their new sections (a copy; the input is untouched)."""
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+    for old, new in LEGACY_KEYS.items():
+        old_section, old_key = old.split(".")
+        section = out.get(old_section)
+        if isinstance(section, dict) and old_key in section:
+            new_section, new_key = new.split(".")
+            target = out.setdefault(new_section, {})
+            if isinstance(target, dict):
+                target[new_key] = section.pop(old_key)
+    if isinstance(out.get("loss"), dict) and not out["loss"]:
+        del out["loss"]
+    return out
 
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:
@@ -221,6 +368,8 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
 def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a nested mapping; unknown keys are errors listing the valid ones."""
     _require(isinstance(data, Mapping), prefix.rstrip(".") or "config", f"expected a mapping, got {data!r}")
+    if cls is Config:
+        data = _migrate_legacy(data)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
@@ -278,10 +427,17 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             data = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as err:
             raise ConfigError(f"{path}: cannot read config ({err})") from None
+    # A file that names its objective is checked whole; otherwise only what the overrides set.
+    named = isinstance(data.get("objective"), Mapping) and "name" in data["objective"]
+    checked = flat_keys(data) if named else []
     for item in overrides:
-        set_dotted(data, *parse_override(item))
+        key, value = parse_override(item)
+        set_dotted(data, key, value)
+        checked.append(key)
     try:
-        return typing.cast(Config, from_dict(Config, data))
+        cfg = typing.cast(Config, from_dict(Config, data))
+        check_objective_keys(checked, cfg.objective.name)
+        return cfg
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
 
@@ -289,7 +445,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 def flat_fields(cls: type = Config, prefix: str = "") -> dict[str, Any]:
     """Every dotted key of a config class with its type: what search spaces are checked against."""
     out: dict[str, Any] = {}
-    for name, kind in typing.get_type_hints(cls).items():
+    hints = typing.get_type_hints(cls)
+    for name, kind in ((f.name, hints[f.name]) for f in dataclasses.fields(cls)):
         if dataclasses.is_dataclass(kind):
             out.update(flat_fields(kind, f"{prefix}{name}."))  # type: ignore[arg-type]
         else:
@@ -298,16 +455,25 @@ def flat_fields(cls: type = Config, prefix: str = "") -> dict[str, Any]:
 
 
 __all__ = [
+    "LEGACY_KEYS",
+    "OBJECTIVE_SECTIONS",
     "Config",
+    "DINOConfig",
     "EHRConfig",
-    "LossConfig",
+    "MLVICXConfig",
+    "MSNConfig",
     "MaskConfig",
     "ModelConfig",
+    "ObjectiveConfig",
     "OptimConfig",
     "ProbeConfig",
     "TrainConfig",
+    "VICRegConfig",
     "ViewsConfig",
+    "canonical_key",
+    "check_objective_keys",
     "flat_fields",
+    "flat_keys",
     "from_dict",
     "load_config",
     "to_dict",

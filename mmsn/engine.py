@@ -1,7 +1,9 @@
-"""The pretraining engine: one pure-PyTorch loop used alone (``mmsn pretrain``) and by Ray Train workers.
+"""The pretraining engine: one pure-PyTorch step and epoch used alone (``mmsn pretrain``) and by Ray Train.
 
-Pieces are small and composable so a distributed driver can reuse them: ``build_run`` (model,
-optimiser, loss, views), ``make_loader`` (distributed sampler over the train split), ``train_epoch``,
+The engine does not know which objective runs (mmsn.objectives): it sets the schedules, runs the
+objective's forward under autocast, back-propagates, checks the loss on every rank, clips, steps
+AdamW and calls the objective's hooks. Pieces: ``build_run`` (objective, optimiser), ``make_loader``
+(distributed sampler over the train split), ``train_epoch``,
 ``state_dict`` / ``load_state_dict`` (everything needed to resume bit for bit). Schedules are pure
 functions of the global step (mmsn.schedules), so a resumed run continues the same schedule.
 """
@@ -25,10 +27,8 @@ from mmsn.data.cache import Cache
 from mmsn.data.dataset import CacheImages, fit_ehr_encoder, split_dataset
 from mmsn.data.ehr import EHREncoder
 from mmsn.errors import MMSNError
-from mmsn.losses import MSNLoss
-from mmsn.models.msn import MultimodalMSN
-from mmsn.schedules import ema_momentum, learning_rate
-from mmsn.views import MultiCropViews
+from mmsn.objectives import Batch, Objective, build_objective
+from mmsn.schedules import cosine, learning_rate
 
 Log = Callable[[str], None]
 
@@ -39,14 +39,12 @@ class NonFiniteLossError(MMSNError):
 
 @dataclass
 class Run:
-    """Everything one pretraining run holds; ``net`` is ``model`` or its DDP wrapper."""
+    """Everything one pretraining run holds; ``net`` is ``objective`` or its DDP wrapper."""
 
     cfg: Config
-    model: MultimodalMSN
+    objective: Objective
     net: nn.Module
     optimizer: torch.optim.Optimizer
-    loss_fn: MSNLoss
-    views: MultiCropViews
     ehr_encoder: EHREncoder
     train_set: CacheImages
     device: torch.device
@@ -88,21 +86,20 @@ def steps_per_epoch(cfg: Config, n_train: int, world_size: int) -> int:
 
 def build_run(cfg: Config, cache: Cache, device: torch.device | None = None, rank: int = 0,
               world_size: int = 1, wrap: Callable[[nn.Module], nn.Module] | None = None) -> Run:
-    """Build model, optimiser, loss and views for ``cfg`` on ``cache``'s train split.
+    """Build the objective and the optimiser for ``cfg`` on ``cache``'s train split.
 
-    ``wrap`` (e.g. Ray Train's ``prepare_model``) turns the model into its DDP wrapper.
+    ``wrap`` (e.g. Ray Train's ``prepare_model``) turns the objective into its DDP wrapper.
     """
     device = device or resolve_device(cfg)
     torch.manual_seed(cfg.train.seed)  # same init on every worker, before DDP broadcasts anyway
     encoder = fit_ehr_encoder(cache, cfg.ehr.features, cfg.ehr.fusion)
     train_set = split_dataset(cache, "train", encoder)
-    model = MultimodalMSN(cfg.model, cfg.mask, cfg.ehr, encoder.width, cfg.views.size).to(device)
-    net = wrap(model) if wrap is not None else model
-    optimizer = torch.optim.AdamW(model.param_groups(cfg.optim.weight_decay), lr=cfg.optim.start_lr,
+    objective = build_objective(cfg, encoder.width).to(device)
+    net = wrap(objective) if wrap is not None else objective
+    optimizer = torch.optim.AdamW(objective.param_groups(cfg.optim.weight_decay), lr=cfg.optim.start_lr,
                                   betas=cfg.optim.betas)
-    loss_fn = MSNLoss(cfg.loss.temperature, cfg.loss.sinkhorn_iterations, cfg.loss.me_max_weight)
-    return Run(cfg=cfg, model=model, net=net, optimizer=optimizer, loss_fn=loss_fn,
-               views=MultiCropViews(cfg.views), ehr_encoder=encoder, train_set=train_set, device=device,
+    return Run(cfg=cfg, objective=objective, net=net, optimizer=optimizer, ehr_encoder=encoder,
+               train_set=train_set, device=device,
                amp_dtype=resolve_amp(cfg, device), rank=rank, world_size=world_size,
                steps_per_epoch=steps_per_epoch(cfg, len(train_set), world_size))
 
@@ -119,17 +116,17 @@ def make_loader(run: Run, epoch: int) -> DataLoader:
 
 
 def apply_schedules(run: Run) -> dict[str, float]:
-    """Set lr and weight decay of the optimiser for the current step; return them and the EMA momentum."""
+    """Set lr and weight decay of the optimiser for the current step; return them and the objective's
+    own schedule values (e.g. MSN's EMA momentum ``ema``)."""
     o, total = run.cfg.optim, run.total_steps
     warmup = int(round(o.warmup_epochs * run.steps_per_epoch))
     lr = learning_rate(run.step, total, warmup, o.start_lr, o.lr, o.final_lr)
-    wd = o.final_weight_decay + 0.5 * (o.weight_decay - o.final_weight_decay) * (
-        1 + math.cos(math.pi * min(run.step / max(total, 1), 1.0)))
+    wd = cosine(run.step, total, o.weight_decay, o.final_weight_decay)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
         if group.get("apply_wd", True):
             group["weight_decay"] = wd
-    return {"lr": lr, "weight_decay": wd, "ema": ema_momentum(run.step, total, o.ema_start, o.ema_end)}
+    return {"lr": lr, "weight_decay": wd, **run.objective.schedules(run.step, total, run.steps_per_epoch)}
 
 
 def step_generator(run: Run) -> torch.Generator:
@@ -138,30 +135,30 @@ def step_generator(run: Run) -> torch.Generator:
     return torch.Generator(device=run.device).manual_seed(seed)
 
 
-def train_step(run: Run, images: torch.Tensor, ehr: torch.Tensor) -> dict[str, float]:
-    """One optimiser step on a uint8 batch (B,H,W) and its EHR (B,w); returns the logged scalars."""
+def train_step(run: Run, batch: Batch) -> dict[str, float]:
+    """One optimiser step on a batch (uint8 images (B,H,W), EHR (B,w), ...); returns the logged scalars:
+    ``loss``, the objective's parts, ``grad_norm`` and the schedule values."""
     sched = apply_schedules(run)
     gen = step_generator(run)
-    images = images.to(run.device, non_blocking=True)
-    ehr = ehr.to(run.device, non_blocking=True)
-    target, anchor, focal = run.views(images, gen)
+    batch = batch.to(run.device)
     with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
-        anchor_out, target_out = run.net(target, anchor, focal, ehr if ehr.shape[1] else None, gen)
-    out = run.loss_fn(anchor_out.float(), target_out.float(), run.model.prototypes, run.cfg.loss.target_temperature)
+        out = run.net(batch, gen, sched)
     run.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     # Read the loss only after backward is queued (one host sync per step, at its end), but before the
     # optimiser step, so a NaN never reaches the weights.
     loss = _global_mean(out.loss)
+    parts = {k: float(v.item()) for k, v in out.parts.items()}
     if not math.isfinite(loss):
-        raise NonFiniteLossError(f"step {run.step}: loss is {loss} (cross-entropy {out.cross_entropy.item()}, "
-                                 f"me-max {out.me_max.item()}, lr {sched['lr']:.3g}); lower optim.lr or check the data")
+        detail = ", ".join(f"{k} {v:.4g}" for k, v in parts.items())
+        raise NonFiniteLossError(f"step {run.step}: loss is {loss} ({detail}{', ' if detail else ''}"
+                                 f"lr {sched['lr']:.3g}); lower optim.lr or check the data")
+    run.objective.before_optimizer_step(sched)
     grad_norm = _clip(run)
     run.optimizer.step()
-    run.model.update_target(sched["ema"])
+    run.objective.after_step(sched)
     run.step += 1
-    return {"loss": loss, "cross_entropy": out.cross_entropy.item(), "me_max": out.me_max.item(),
-            "grad_norm": grad_norm, **sched}
+    return {"loss": loss, **parts, "grad_norm": grad_norm, **sched}
 
 
 def _global_mean(loss: torch.Tensor) -> float:
@@ -187,13 +184,15 @@ def train_epoch(run: Run, log: Log | None = None,
     loader = make_loader(run, run.epoch)
     sums: dict[str, float] = {}
     start, n_images = time.perf_counter(), 0
-    for k, (images, ehr) in enumerate(loader):
+    averaged = ("loss", *run.objective.part_names)
+    for k, item in enumerate(loader):
         if k >= run.steps_per_epoch:
             break
-        scalars = train_step(run, images, ehr)
-        n_images += images.shape[0]
+        batch = Batch(**item)
+        scalars = train_step(run, batch)
+        n_images += batch.size
         scalars["images_per_s"] = n_images * run.world_size / (time.perf_counter() - start)
-        for key in ("loss", "cross_entropy", "me_max"):
+        for key in averaged:
             sums[key] = sums.get(key, 0.0) + scalars[key]
         if on_step is not None:
             on_step(scalars)
@@ -209,9 +208,11 @@ def train_epoch(run: Run, log: Log | None = None,
 def progress_line(run: Run, k: int, s: dict[str, float], elapsed: float) -> str:
     remaining_steps = run.total_steps - run.step
     eta = remaining_steps * elapsed / max(k, 1)
+    parts = " ".join(f"{name} {s[name]:.4f}" for name in run.objective.part_names)
+    ema = f" ema {s['ema']:.4f}" if "ema" in s else ""
     return (f"epoch {run.epoch + 1}/{run.cfg.train.epochs} step {k}/{run.steps_per_epoch} "
-            f"loss {s['loss']:.4f} (ce {s['cross_entropy']:.4f} me-max {s['me_max']:.4f}) "
-            f"lr {s['lr']:.2e} ema {s['ema']:.4f} {s['images_per_s']:.0f} img/s eta {_duration(eta)}")
+            f"loss {s['loss']:.4f}{f' ({parts})' if parts else ''} "
+            f"lr {s['lr']:.2e}{ema} {s['images_per_s']:.0f} img/s eta {_duration(eta)}")
 
 
 def _duration(seconds: float) -> str:
@@ -225,12 +226,12 @@ def state_dict(run: Run) -> dict[str, Any]:
     rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "step": run.step,
+    return {"model": run.objective.state_dict(), "optimizer": run.optimizer.state_dict(), "step": run.step,
             "epoch": run.epoch, "config": to_dict(run.cfg), "ehr_encoder": run.ehr_encoder.to_dict(), "rng": rng}
 
 
 def load_state_dict(run: Run, state: dict[str, Any]) -> None:
-    run.model.load_state_dict(state["model"])
+    run.objective.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.step, run.epoch = int(state["step"]), int(state["epoch"])
     rng = state["rng"]

@@ -14,6 +14,9 @@ computes the same total on one process and is the numerical reference of the tes
 The module owns no parameters: prototypes are an argument, so they stay in the model, train by
 gradient (lightly's example and CXR-EHR-MSN pass ``prototypes.data``, which freezes them) and are
 kept out of the target encoder's EMA.
+
+The VICReg and DINO losses of the alternative objectives follow at the end of the module, as pure
+functions (``vicreg_loss``, ``dino_loss``, ``update_center``, ``teacher_temperature``).
 """
 
 from __future__ import annotations
@@ -182,4 +185,199 @@ class MSNLoss(nn.Module):
         return MSNLossOutput(loss, cross_entropy, me_max)
 
 
-__all__ = ["MSNLoss", "MSNLossOutput", "mean_entropy_penalty", "prototype_logits", "sharpen", "sinkhorn"]
+
+# --- VICReg (Bardes et al., ICLR 2022, arXiv:2105.04906) -------------------------------------------
+
+
+class _GatherLayer(torch.autograd.Function):
+    """All-gather along dim 0, (N, D) -> (W*N, D), whose backward sums every worker's gradient of the
+    gathered tensor and returns this worker's (N, D) slice.
+
+    As facebookresearch/vicreg ``FullGatherLayer`` and ``lightly.utils.dist.GatherLayer``: each worker
+    differentiates its own copy of the global statistics, so the summed gradient of a row is W times
+    its gradient in the whole-batch loss; DDP's mean over workers supplies the 1/W. Assumes equal
+    per-worker batches (``all_gather`` needs equal shapes).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x)
+        ctx.rows, ctx.rank = x.shape[0], dist.get_rank()
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)  # all_reduce is in place
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
+def invariance_term(z_a: Tensor, z_b: Tensor) -> Tensor:
+    """VICReg invariance s(Z, Z') (eq. 5): mean squared difference over all N*D entries,
+    (N, D), (N, D) -> scalar. 0 when the two branches agree."""
+    return F.mse_loss(z_a, z_b)
+
+
+def variance_term(x: Tensor, eps: float) -> Tensor:
+    """VICReg variance v(Z) (eq. 1, gamma = 1): mean over D of ``relu(1 - sqrt(Var_N + eps))``,
+    (N, D) -> scalar, with the unbiased variance over the batch. 0 once every dimension's
+    regularised std reaches 1; ``1 - sqrt(eps)`` for a collapsed (constant) embedding."""
+    std = torch.sqrt(x.var(dim=0) + eps)  # (D,)
+    return F.relu(1.0 - std).mean()
+
+
+def covariance_term(x: Tensor) -> Tensor:
+    """VICReg covariance c(Z) (eq. 3-4): sum of squared off-diagonal entries of the (D, D) batch
+    covariance (unbiased, N - 1) divided by D, (N, D) -> scalar. 0 for decorrelated dimensions."""
+    x = x - x.mean(dim=0)
+    cov = x.T @ x / (x.shape[0] - 1)  # (D, D)
+    diagonal = torch.eye(x.shape[1], dtype=torch.bool, device=x.device)
+    # Masking (not subtracting the diagonal's squares) keeps the small off-diagonal sum exact.
+    return cov.masked_fill(diagonal, 0.0).pow(2).sum() / x.shape[1]
+
+
+class VICRegLossOutput(NamedTuple):
+    """Scalar tensors: ``loss = sim_weight * invariance + var_weight * variance + cov_weight * covariance``.
+
+    ``variance`` is the mean of the two branches' terms and ``covariance`` their sum, as the
+    official code and lightly (so the paper's default weights 25/25/1 keep their meaning)."""
+
+    loss: Tensor
+    invariance: Tensor
+    variance: Tensor
+    covariance: Tensor
+
+
+def _check_vicreg_args(z_a: Tensor, z_b: Tensor, weights: dict[str, float], eps: float) -> None:
+    """Raise ValueError on negative weights, ``eps <= 0`` or embeddings that are not equal (N >= 2, D)."""
+    for name, weight in weights.items():
+        if not weight >= 0:  # also rejects NaN
+            raise ValueError(f"{name} must be >= 0, got {weight}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    if z_a.dim() != 2 or z_a.shape != z_b.shape or z_a.shape[0] < 2:
+        raise ValueError(f"z_a {tuple(z_a.shape)} and z_b {tuple(z_b.shape)} must both be (N, D) with N >= 2")
+
+
+def vicreg_loss(z_a: Tensor, z_b: Tensor, sim_weight: float = 25.0, var_weight: float = 25.0,
+                cov_weight: float = 1.0, eps: float = 1e-4, gather_distributed: bool = False) -> VICRegLossOutput:
+    """VICReg loss of two branches' embeddings (N, D), (N, D) -> VICRegLossOutput of scalars.
+
+    Equals ``lightly.loss.VICRegLoss(sim_weight, var_weight, cov_weight, gather_distributed, eps)``
+    (and facebookresearch/vicreg ``main_vicreg.py``). Under torch.distributed with
+    ``gather_distributed`` the variance and covariance use the global batch (autograd-aware
+    all-gather), while the invariance stays per-worker: with equal per-worker batches its mean over
+    workers is the global one, so the mean over workers of ``loss`` is the whole-batch loss and
+    DDP's gradient mean gives the whole-batch gradient. Half precision is computed in float32.
+    """
+    weights = {"sim_weight": sim_weight, "var_weight": var_weight, "cov_weight": cov_weight}
+    _check_vicreg_args(z_a, z_b, weights, eps)
+    # bf16 variances of near-collapsed embeddings and D x D covariances are too coarse; float64 stays.
+    dtype = torch.promote_types(torch.promote_types(z_a.dtype, z_b.dtype), torch.float32)
+    z_a, z_b = z_a.to(dtype), z_b.to(dtype)
+    invariance = invariance_term(z_a, z_b)
+    if _world_size(gather_distributed) > 1:
+        z_a, z_b = _GatherLayer.apply(z_a), _GatherLayer.apply(z_b)  # (W*N, D) each
+    variance = 0.5 * (variance_term(z_a, eps) + variance_term(z_b, eps))
+    covariance = covariance_term(z_a) + covariance_term(z_b)
+    loss = sim_weight * invariance + var_weight * variance + cov_weight * covariance
+    return VICRegLossOutput(loss, invariance, variance, covariance)
+
+
+# --- DINO (Caron et al., ICCV 2021, arXiv:2104.14294) ----------------------------------------------
+
+
+def _check_center(center: Tensor, teacher_out: Tensor) -> None:
+    """Raise ValueError unless teacher_out is (T, B, K) and center (K,) or (1, K)."""
+    if teacher_out.dim() != 3 or center.shape not in ((teacher_out.shape[-1],), (1, teacher_out.shape[-1])):
+        raise ValueError(f"teacher_out {tuple(teacher_out.shape)} must be (T, B, K) and center "
+                         f"{tuple(center.shape)} (K,) or (1, K)")
+
+
+def _check_dino_args(teacher_out: Tensor, student_out: Tensor, center: Tensor, teacher_temp: float,
+                     student_temp: float) -> None:
+    """Raise ValueError on temperatures <= 0 or shapes other than (T, B, K), (S >= T, B, K), (1, K)."""
+    for name, temperature in (("teacher_temp", teacher_temp), ("student_temp", student_temp)):
+        if not temperature > 0:
+            raise ValueError(f"{name} must be > 0, got {temperature}")
+    _check_center(center, teacher_out)
+    t_views, batch = teacher_out.shape[:2]
+    # S >= 2 so that at least one (teacher view, other student view) pair exists.
+    if (student_out.dim() != 3 or student_out.shape[1:] != teacher_out.shape[1:] or batch == 0
+            or not 1 <= t_views <= student_out.shape[0] or student_out.shape[0] < 2):
+        raise ValueError(f"student_out {tuple(student_out.shape)} must be (S, B, K) with S >= T and S >= 2 "
+                         f"for teacher_out {tuple(teacher_out.shape)} (T, B, K)")
+
+
+def dino_loss(teacher_out: Tensor, student_out: Tensor, center: Tensor, teacher_temp: float,
+              student_temp: float = 0.1) -> Tensor:
+    """DINO loss (section 3.1, Algorithm 1): teacher (T, B, K), student (S, B, K), center (K,) or (1, K)
+    -> scalar.
+
+    The mean over the T*S - T pairs (teacher view i, student view j != i; the first T student views
+    are the teacher's global views) of the batch-mean cross-entropy
+    ``H(softmax((t_i - center) / teacher_temp), log_softmax(s_j / student_temp))``. The teacher
+    targets get no gradient. Equals ``lightly.loss.DINOLoss`` with the same center and temperature,
+    which uses the center *before* this step's update: call ``update_center`` afterwards.
+    Half precision is computed in float32.
+    """
+    _check_dino_args(teacher_out, student_out, center, teacher_temp, student_temp)
+    dtype = torch.promote_types(torch.promote_types(teacher_out.dtype, student_out.dtype), torch.float32)
+    with torch.no_grad():
+        centered = teacher_out.to(dtype) - center.to(dtype).reshape(1, 1, -1)  # (T, B, K)
+        targets = F.softmax(centered / teacher_temp, dim=-1)
+    log_probs = F.log_softmax(student_out.to(dtype) / student_temp, dim=-1)  # (S, B, K)
+    # (T, S): cross-entropy of every teacher view to every student view, averaged over the batch.
+    cross_entropy = -torch.einsum("tbk,sbk->ts", targets, log_probs) / teacher_out.shape[1]
+    same_view = torch.eye(*cross_entropy.shape, dtype=torch.bool, device=cross_entropy.device)
+    return cross_entropy[~same_view].mean()
+
+
+@torch.no_grad()
+def update_center(center: Tensor, teacher_out: Tensor, momentum: float, gather_distributed: bool = False) -> Tensor:
+    """DINO's centering EMA: ``momentum * center + (1 - momentum) * mean_{views, batch}(teacher_out)``.
+
+    center (K,) or (1, K), teacher_out (T, B, K) -> new center of the shape and dtype of ``center``;
+    the argument is not modified. Under torch.distributed with ``gather_distributed`` the batch mean
+    is averaged over workers (equal per-worker batches), as DINO's ``update_center`` and lightly's
+    ``center_mean``. DINO and lightly update after computing the loss with the old center.
+    """
+    _check_center(center, teacher_out)
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    dtype = torch.promote_types(torch.promote_types(teacher_out.dtype, center.dtype), torch.float32)
+    batch_center = teacher_out.detach().to(dtype).mean(dim=(0, 1))  # (K,)
+    world_size = _world_size(gather_distributed)
+    if world_size > 1:
+        dist.all_reduce(batch_center)
+        batch_center = batch_center / world_size
+    new_center = center.detach().to(dtype) * momentum + batch_center.reshape(center.shape) * (1.0 - momentum)
+    return new_center.to(center.dtype)
+
+
+def teacher_temperature(epoch: float, warmup_teacher_temp: float, teacher_temp: float, warmup_epochs: float) -> float:
+    """DINO's teacher temperature at ``epoch``: linear from ``warmup_teacher_temp``, then ``teacher_temp``.
+
+    As DINO's ``np.linspace(warmup_teacher_temp, teacher_temp, warmup_epochs)`` followed by the
+    constant, which lightly's ``DINOLoss(epoch=...)`` indexes: at an integer epoch e < W it is the
+    e-th of W evenly spaced values, so ``teacher_temp`` is reached at epoch W - 1 (W = 1 gives
+    ``warmup_teacher_temp`` for epoch 0, W = 0 no warm-up). Fractional epochs (per-step schedules)
+    follow the same line. A pure function of the epoch, so resuming is indexing.
+    """
+    if not epoch >= 0 or not warmup_epochs >= 0:
+        raise ValueError(f"epoch ({epoch}) and warmup_epochs ({warmup_epochs}) must be >= 0")
+    if not warmup_teacher_temp > 0 or not teacher_temp > 0:
+        raise ValueError(f"warmup_teacher_temp ({warmup_teacher_temp}) and teacher_temp ({teacher_temp}) must be > 0")
+    if epoch >= warmup_epochs:
+        return teacher_temp
+    if warmup_epochs <= 1:
+        return warmup_teacher_temp  # a one-point linspace holds only its start
+    progress = min(epoch / (warmup_epochs - 1), 1.0)
+    return warmup_teacher_temp + progress * (teacher_temp - warmup_teacher_temp)
+
+
+__all__ = ["MSNLoss", "MSNLossOutput", "VICRegLossOutput", "covariance_term", "dino_loss", "invariance_term",
+           "mean_entropy_penalty", "prototype_logits", "sharpen", "sinkhorn", "teacher_temperature",
+           "update_center", "variance_term", "vicreg_loss"]

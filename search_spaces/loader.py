@@ -16,7 +16,16 @@ from typing import Any
 
 import yaml
 
-from mmsn.config import Config, flat_fields, from_dict, load_config, set_dotted, to_dict
+from mmsn.config import (
+    Config,
+    canonical_key,
+    check_objective_keys,
+    flat_fields,
+    from_dict,
+    load_config,
+    set_dotted,
+    to_dict,
+)
 from mmsn.errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
@@ -112,7 +121,12 @@ class Space:
         """The trial config: base + axis values (+ ``train.seed``); errors name the key and the file.
         ``train.epochs`` is the last milestone, so every segment follows the same schedule."""
         active = {k: v for k, v in params.items() if v != INACTIVE}
-        return _build(self.path, self.base, {**active, "train.epochs": self.epochs})
+        cfg = _build(self.path, self.base, {**active, "train.epochs": self.epochs})
+        try:
+            check_objective_keys([*(k for k, _ in self.base_overrides), *active], cfg.objective.name)
+        except ConfigError as err:
+            raise ConfigError(f"{self.path}: {err}") from None
+        return cfg
 
 
 def encode_value(value: Any) -> Any:
@@ -151,13 +165,15 @@ def _section(path: Path, raw: Mapping[str, Any], name: str, cls: type,
         raise _err(path, f"{name}: {err}") from None
 
 
-def _check_key(path: Path, key: str, where: str) -> None:
-    if key not in flat_fields():
+def _check_key(path: Path, key: str, where: str) -> str:
+    """The key's current name (legacy ``loss.*`` / ``optim.ema_*`` map to ``msn.*``); unknown keys fail."""
+    if canonical_key(key) not in flat_fields():
         raise _err(path, f"{where}: unknown config key {key!r} (see mmsn/config.py for the keys)")
+    return canonical_key(key)
 
 
 def _parse_axis(path: Path, key: str, spec: Any) -> Axis:
-    _check_key(path, key, f"axes.{key}")
+    key = _check_key(path, key, f"axes.{key}")
     if not isinstance(spec, Mapping):
         raise _err(path, f"axes.{key}: expected a mapping like {{choice: [...]}}")
     kinds = [k for k in spec if k in AXIS_KINDS]
@@ -173,17 +189,14 @@ def _parse_axis(path: Path, key: str, spec: Any) -> Axis:
         raise _err(path, f"axes.{key}: {kind} needs at least one value")
     when = []
     for cond_key, allowed in (spec.get("when") or {}).items():
-        _check_key(path, cond_key, f"axes.{key}.when")
+        cond_key = _check_key(path, cond_key, f"axes.{key}.when")
         allowed = allowed if isinstance(allowed, list) else [allowed]
         when.append((cond_key, tuple(encode_value(v) for v in allowed)))
     return Axis(key, kind, values, tuple(when))
 
 
 def _overrides(path: Path, raw: Any, where: str) -> tuple[tuple[str, Any], ...]:
-    items = tuple((raw or {}).items())
-    for key, _ in items:
-        _check_key(path, key, f"{where}.{key}")
-    return items
+    return tuple((_check_key(path, key, f"{where}.{key}"), value) for key, value in (raw or {}).items())
 
 
 def _base_config(path: Path, raw: Mapping[str, Any]) -> tuple[Config, tuple[tuple[str, Any], ...]]:
@@ -266,10 +279,11 @@ def validate(space: Space) -> None:
     if sched.type == "pbt" and not sched.mutations:
         raise _err(path, "scheduler.mutations: PBT needs at least one mutated key")
     for key, _ in sched.mutations:
-        _check_key(path, key, f"scheduler.mutations.{key}")
+        if _check_key(path, key, f"scheduler.mutations.{key}") != key:
+            raise _err(path, f"scheduler.mutations.{key}: write it as {canonical_key(key)!r}")
     for axis in space.axes:
-        for value in axis.values:
-            space.config({axis.key: value})
+        for value in axis.values:  # with the axis's conditions met, as a trial that has it
+            space.config({**{k: allowed[0] for k, allowed in axis.when}, axis.key: value})
     for point in space.search.points_to_evaluate:
         space.config({k: encode_value(v) for k, v in point.items()})
 

@@ -13,6 +13,7 @@ from mmsn.checkpoint import load_encoder
 from mmsn.config import load_config
 from mmsn.data.cache import open_cache
 from mmsn.engine import NonFiniteLossError, build_run, train_step
+from mmsn.objectives import Batch
 from mmsn.pretrain import pretrain
 from tests.conftest import TINY_RUN
 
@@ -22,12 +23,12 @@ def test_loss_falls_over_a_few_steps(synthetic_cache: Path) -> None:
                                         "train.seed=1"])
     cache = open_cache(synthetic_cache)
     run = build_run(cfg, cache)
-    images = torch.from_numpy(cache.images[cache.rows("train")[:32]].copy())
-    ehr = torch.from_numpy(run.train_set.ehr[:32])
+    batch = Batch(torch.from_numpy(cache.images[cache.rows("train")[:32]].copy()),
+                  torch.from_numpy(run.train_set.ehr[:32]))
     losses = []
     for _ in range(12):
         run.step = 0  # same views every step: the loss on one fixed batch must go down
-        losses.append(train_step(run, images, ehr)["loss"])
+        losses.append(train_step(run, batch)["loss"])
     assert losses[-1] < losses[0] - 0.05, losses
 
 
@@ -58,7 +59,7 @@ def test_resume_equals_uninterrupted(synthetic_cache: Path, tmp_path: Path) -> N
 
 
 def test_non_finite_loss_stops_the_run(synthetic_cache: Path, tmp_path: Path) -> None:
-    cfg = load_config(None, TINY_RUN + ["loss.temperature=1e-30"])
+    cfg = load_config(None, TINY_RUN + ["msn.temperature=1e-30"])
     with pytest.raises(NonFiniteLossError, match="step 0: loss is"):
         pretrain(cfg, open_cache(synthetic_cache), tmp_path / "run", log=lambda _: None)
 

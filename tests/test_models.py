@@ -16,7 +16,6 @@ from mmsn.config import EHRConfig, MaskConfig, ModelConfig
 from mmsn.errors import ConfigError
 from mmsn.models import (
     FUSIONS,
-    MultimodalMSN,
     ProjectionHead,
     ViTEncoder,
     build_fusion,
@@ -26,6 +25,7 @@ from mmsn.models import (
     random_token_mask,
 )
 from mmsn.models.fusion import FiLMFusion
+from mmsn.objectives import MultimodalMSN
 
 B, F_VIEWS, W = 4, 2, 5  # batch, focal views per image, EHR width
 TINY = ModelConfig(backbone="vit_nano", head_hidden=32, head_out=16, n_prototypes=8)
@@ -48,7 +48,7 @@ def batch(size: int = 32, focal: int = 32, seed: int = 1) -> tuple[Tensor, Tenso
 def run(msn: MultimodalMSN, ehr: Tensor | None, seed: int = 0,
         views: tuple[Tensor, ...] | None = None) -> tuple[Tensor, Tensor]:
     target, anchors, focals, _ = views or batch()
-    return msn(target, anchors, focals, ehr, generator=torch.Generator().manual_seed(seed))
+    return msn.outputs(target, anchors, focals, ehr, generator=torch.Generator().manual_seed(seed))
 
 
 def toy_msn_loss(anchor: Tensor, target: Tensor, prototypes: Tensor) -> Tensor:

@@ -24,6 +24,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from mmsn.config import to_dict
 from mmsn.engine import NonFiniteLossError
+from mmsn.loop import log_probe
 from search_spaces.loader import Space, variant_name
 from trainables.worker import train_segment
 
@@ -83,13 +84,6 @@ def _probe(space: Space, run_dir: str, cache: str) -> dict[str, Any]:
     return ray.get(task.remote(run_dir, cache))  # type: ignore[no-any-return]
 
 
-def _log_probe(writer: SummaryWriter, probes: dict[str, Any], epoch: int) -> None:
-    writer.add_scalar("probe/val_macro_auroc", probes["val"]["macro_auroc"], epoch)
-    for name, entry in probes["val"]["per_label"].items():
-        if entry["auroc"] is not None:
-            writer.add_scalar(f"probe_label/{name}", entry["auroc"], epoch)
-
-
 def msn_trial(config: dict[str, Any], space: Space, cache: str, experiment: str) -> None:
     """Tune function trainable. ``config`` holds the sampled params, flat dotted keys (``optim.lr``)."""
     params = dict(config)
@@ -111,7 +105,7 @@ def msn_trial(config: dict[str, Any], space: Space, cache: str, experiment: str)
             probe_s = time.time() - start - train_s
             seconds += train_s + probe_s
             _save_probes(trial_dir, milestone, probes)
-            _log_probe(writer, probes, milestone)
+            log_probe(writer, probes["val"], milestone)
             (Path(run_dir) / TRIAL_INFO).write_text(json.dumps({"epoch": milestone, "trial_seconds": seconds}))
             ray.tune.report(
                 {"val_auroc": probes["val"]["macro_auroc"], "epoch": milestone, "loss": result.metrics["loss"],

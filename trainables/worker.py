@@ -21,7 +21,8 @@ from torch.utils.tensorboard import SummaryWriter
 from mmsn.checkpoint import load_state, save_run
 from mmsn.config import Config, from_dict
 from mmsn.data.cache import open_cache
-from mmsn.engine import NonFiniteLossError, Run, build_run, load_state_dict, state_dict, train_epoch
+from mmsn.engine import NonFiniteLossError, Run, build_run, load_state_dict, state_dict
+from mmsn.loop import train_until
 
 
 def _start_state(config: dict[str, Any]) -> Path | None:
@@ -33,14 +34,14 @@ def _start_state(config: dict[str, Any]) -> Path | None:
     return Path(config["init"]) if config.get("init") else None
 
 
-def _report(run: Run, metrics: dict[str, Any], info: dict[str, Any]) -> None:
-    """Every rank reports each epoch (a rule of Ray Train); only rank 0 attaches the checkpoint."""
+def _report(run: Run, metrics: dict[str, Any], info: dict[str, Any], checkpoint: bool) -> None:
+    """Every rank reports each epoch (a rule of Ray Train); only rank 0 attaches the checkpoint, when due."""
     metrics = {**metrics, "epoch": run.epoch, "step": run.step}
-    if run.rank != 0:
+    if run.rank != 0 or not checkpoint:
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        save_run(Path(tmp), state_dict(run), run.model.image_encoder_state_dict(), {**info, **metrics})
+        save_run(Path(tmp), state_dict(run), run.objective.image_encoder_state_dict(), {**info, **metrics})
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
@@ -76,21 +77,16 @@ def train_segment(config: dict[str, Any]) -> None:
     writer = SummaryWriter(config["tb_dir"]) if rank == 0 and config.get("tb_dir") else None
     info = {"cache": str(cache.root), "dataset": cache.meta["dataset"], "world_size": world}
 
-    def on_step(scalars: dict[str, float]) -> None:
-        if writer is not None and run.step % cfg.train.log_every == 0:
-            for key, value in scalars.items():
-                writer.add_scalar(f"train/{key}", value, run.step)
+    def save(run: Run, metrics: dict[str, Any], checkpoint: bool) -> None:
+        _report(run, metrics, info, checkpoint)
+        _maybe_die(run)
 
     try:
-        while run.epoch < int(config["until_epoch"]):
-            try:
-                metrics = train_epoch(run, on_step=on_step)
-            except NonFiniteLossError as err:
-                # Reported, not raised: a deterministic divergence must not be retried by FailureConfig.
-                ray.train.report({"non_finite": str(err), "epoch": run.epoch, "step": run.step}, checkpoint=None)
-                return
-            _report(run, metrics, info)
-            _maybe_die(run)
+        # The trial probes between segments (a Ray task with its own resources), so the loop does not.
+        train_until(run, int(config["until_epoch"]), writer, save, probe=None)
+    except NonFiniteLossError as err:
+        # Reported, not raised: a deterministic divergence must not be retried by FailureConfig.
+        ray.train.report({"non_finite": str(err), "epoch": run.epoch, "step": run.step}, checkpoint=None)
     finally:
         if writer is not None:
             writer.close()

@@ -10,8 +10,9 @@ from mmsn.data.cache import Cache
 from mmsn.data.ehr import EHREncoder, resolve_features
 
 
-class CacheImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Row ``k`` -> (uint8 image (H, W), float32 EHR vector (w,)). Images stay memory-mapped."""
+class CacheImages(Dataset[dict[str, torch.Tensor]]):
+    """Row ``k`` -> {"images": uint8 (H, W), "ehr_input": float32 (w,)}: the fields of an
+    ``mmsn.objectives.Batch`` once collated. Images stay memory-mapped."""
 
     def __init__(self, images: np.ndarray, rows: np.ndarray, ehr: np.ndarray) -> None:
         if len(rows) != len(ehr):
@@ -21,9 +22,9 @@ class CacheImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         image = torch.from_numpy(np.array(self.images[self.rows[k]]))  # copy out of the read-only mmap
-        return image, torch.from_numpy(self.ehr[k])
+        return {"images": image, "ehr_input": torch.from_numpy(self.ehr[k])}
 
 
 def fit_ehr_encoder(cache: Cache, features: tuple[str, ...], fusion: str) -> EHREncoder:

@@ -12,7 +12,7 @@ Importing this module registers two small ViTs with timm (``vit_nano``, ``vit_mi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import timm
@@ -164,6 +164,17 @@ class ViTEncoder(nn.Module):
         extra_tokens: (B, T, d) appended after the kept tokens (token fusion); they get no position
         embedding and influence the CLS token only through attention.
         """
+        return self.forward_tokens(x, keep, extra_tokens)[0][:, 0]
+
+    def forward_tokens(self, x: Tensor, keep: Tensor | None = None, extra_tokens: Tensor | None = None,
+                       indices: Sequence[int] = ()) -> tuple[Tensor, list[Tensor]]:
+        """x (B, 1, H, W) -> (final normed tokens (B, 1 + n_keep + T, d), [output of block i for i in
+        ``indices``, each (B, 1 + n_keep + T, d), before the final norm]).
+
+        Token order: CLS, the kept patch tokens (in patch order), the extra tokens. Unmasked, the block
+        outputs equal timm's ``forward_intermediates(x, indices, norm=False, output_fmt="NLC")``; masked,
+        timm has no such path, so the blocks are run here one by one.
+        """
         tokens = self.vit.patch_embed(x)  # (B, H/p, W/p, d): dynamic_img_size keeps the grid shape
         tokens = self.vit._pos_embed(tokens)  # (B, 1 + N, d): CLS prepended, pos-embed interpolated
         if keep is not None:
@@ -171,9 +182,26 @@ class ViTEncoder(nn.Module):
         if extra_tokens is not None:
             tokens = torch.cat([tokens, extra_tokens.to(tokens.dtype)], dim=1)  # (B, 1 + n_keep + T, d)
         tokens = self.vit.norm_pre(tokens)
-        tokens = self.vit.blocks(tokens)
-        tokens = self.vit.norm(tokens)
-        return tokens[:, 0]  # type: ignore[no-any-return]
+        wanted = set(indices)
+        if not wanted <= set(range(len(self.vit.blocks))):
+            raise ValueError(f"block indices {sorted(wanted)} outside 0..{len(self.vit.blocks) - 1}")
+        outs: list[Tensor] = []
+        if wanted:
+            for i, block in enumerate(self.vit.blocks):
+                tokens = block(tokens)
+                if i in wanted:
+                    outs.append(tokens)
+        else:
+            tokens = self.vit.blocks(tokens)
+        return self.vit.norm(tokens), outs
+
+    @property
+    def depth(self) -> int:
+        return len(self.vit.blocks)
+
+    @property
+    def n_prefix_tokens(self) -> int:
+        return int(self.vit.num_prefix_tokens)
 
 
 def disable_drop_path(module: nn.Module) -> None:

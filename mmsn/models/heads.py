@@ -1,4 +1,5 @@
-"""MSN projection head and prototypes (RESEARCH.md section 1; facebookresearch/msn ``src/deit.py``)."""
+"""Projection heads: MSN's head and prototypes (RESEARCH.md section 1; facebookresearch/msn ``src/deit.py``),
+VICReg's expander (lightly ``VICRegProjectionHead``) and DINO's head (facebookresearch/dino ``DINOHead``)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,49 @@ class ProjectionHead(nn.Module):
         return self.layers(x)  # type: ignore[no-any-return]
 
 
+class Expander(nn.Module):
+    """VICReg's 3-layer expander: Linear-BN-ReLU-Linear-BN-ReLU-Linear, (N, in_dim) -> (N, out)
+    (paper: 8192-8192-8192; MLVICX: 4096)."""
+
+    def __init__(self, in_dim: int, hidden: int, out: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+            nn.Linear(hidden, out),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)  # type: ignore[no-any-return]
+
+
+class DINOHead(nn.Module):
+    """DINO's head: MLP (Linear-GELU-Linear-GELU-Linear to ``bottleneck``), L2 normalisation, then a
+    weight-normalised Linear(bottleneck, out) without bias whose norm is fixed to 1 (``norm_last_layer``).
+
+    (N, in_dim) -> (N, out) logits; the loss divides by its temperatures. Paper: hidden 2048,
+    bottleneck 256, out 65536 (CXR-EHR-MSN: 1024). No BatchNorm (DINO's ViT default).
+    """
+
+    def __init__(self, in_dim: int, hidden: int, bottleneck: int, out: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                 nn.Linear(hidden, bottleneck))
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        last = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck, out, bias=False))
+        # DINO fixes the magnitude g = 1 and trains only the direction: a stabler start.
+        last.parametrizations.weight.original0.data.fill_(1.0)  # type: ignore[union-attr,operator]
+        last.parametrizations.weight.original0.requires_grad_(False)  # type: ignore[union-attr,operator]
+        self.last_layer = last
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = nn.functional.normalize(self.mlp(x), dim=-1)  # (N, bottleneck)
+        return self.last_layer(z)  # type: ignore[no-any-return]
+
+
 def init_prototypes(k: int, dim: int) -> nn.Parameter:
     """K learnable prototypes (k, dim), uniform in +-1/sqrt(dim) as in MSN.
 
@@ -39,4 +83,4 @@ def init_prototypes(k: int, dim: int) -> nn.Parameter:
     return nn.Parameter(torch.empty(k, dim).uniform_(-bound, bound))
 
 
-__all__ = ["ProjectionHead", "init_prototypes"]
+__all__ = ["DINOHead", "Expander", "ProjectionHead", "init_prototypes"]

@@ -1,0 +1,224 @@
+"""Objectives as a config axis: registry, config sections, every objective x fusion trains, exports a
+timm encoder and probes; the backbone's intermediate tokens; an MSN run directory written before
+objectives existed still resumes and probes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+
+from mmsn.checkpoint import load_encoder
+from mmsn.cli import main as mmsn_main
+from mmsn.config import OBJECTIVE_SECTIONS, Config, from_dict, load_config, to_dict
+from mmsn.data.cache import open_cache
+from mmsn.engine import build_run, train_step
+from mmsn.errors import ConfigError
+from mmsn.models.backbone import ViTEncoder, create_vit, random_token_mask
+from mmsn.models.fusion import FUSIONS
+from mmsn.objectives import OBJECTIVES, Batch
+from mmsn.objectives.mlvicx import level_blocks
+from mmsn.pretrain import pretrain
+from tests.conftest import TINY_RUN
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SSL = ("vicreg", "mlvicx", "dino")
+
+
+def tiny(objective: str, *extra: str) -> Config:
+    return load_config(None, [*TINY_RUN, f"objective.name={objective}", *extra])
+
+
+def first_batch(run, n: int = 32) -> Batch:  # type: ignore[no-untyped-def]
+    items = [run.train_set[k] for k in range(n)]
+    return Batch(torch.stack([i["images"] for i in items]), torch.stack([i["ehr_input"] for i in items]))
+
+
+def test_registry_matches_the_config_sections() -> None:
+    assert set(OBJECTIVES) == set(OBJECTIVE_SECTIONS) >= {"msn", "vicreg", "mlvicx", "dino"}
+
+
+def test_unknown_objective_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match=r"objective.name 'byol'; valid: dino, mlvicx, msn, vicreg"):
+        load_config(None, ["objective.name=byol"])
+
+
+def test_key_of_an_unselected_objective_names_key_and_selection(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("objective: {name: vicreg}\nmsn: {temperature: 0.2}\n")
+    with pytest.raises(ConfigError, match=rf"{path}: msn.temperature: read only by objective msn, but "
+                                          r"objective.name is 'vicreg'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="defaults: dino.teacher_temp: read only by objective dino, but "
+                                          "objective.name is 'msn'"):
+        load_config(None, ["dino.teacher_temp=0.07"])
+    assert load_config(None, ["objective.name=dino", "dino.teacher_temp=0.07"]).dino.teacher_temp == 0.07
+
+
+@pytest.mark.parametrize("override, key", [("mlvicx.multi_level_weight=-1", "mlvicx.multi_level_weight"),
+                                           ("vicreg.var_weight=-2", "vicreg.var_weight"),
+                                           ("mlvicx.levels=[0, 0.5]", "mlvicx.levels"),
+                                           ("dino.center_momentum=1.5", "dino.center_momentum")])
+def test_out_of_range_weights_name_the_key(override: str, key: str) -> None:
+    name = key.split(".")[0]
+    with pytest.raises(ConfigError, match=key):
+        load_config(None, [f"objective.name={name}", override])
+
+
+def test_legacy_keys_land_in_msn_section() -> None:
+    cfg = load_config(FIXTURES / "legacy_msn_config.yaml", ["loss.temperature=0.2"])
+    assert cfg.objective.name == "msn" and cfg.msn.temperature == 0.2 and cfg.msn.ema_start == 0.996
+    assert "loss" not in to_dict(cfg) and "ema_start" not in to_dict(cfg)["optim"]
+    assert from_dict(Config, to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("objective", sorted(OBJECTIVE_SECTIONS))
+@pytest.mark.parametrize("fusion", sorted(FUSIONS))
+def test_every_objective_trains_with_every_fusion(synthetic_cache: Path, objective: str, fusion: str) -> None:
+    cfg = tiny(objective, f"ehr.fusion={fusion}", "optim.warmup_epochs=0", "optim.start_lr=1e-3")
+    run = build_run(cfg, open_cache(synthetic_cache))
+    batch = first_batch(run)
+    before = {k: v.clone() for k, v in run.objective.state_dict().items()}
+    scalars = train_step(run, batch)
+    assert torch.isfinite(torch.tensor(scalars["loss"]))
+    assert set(run.objective.part_names) <= set(scalars)
+    after = run.objective.state_dict()
+    online = [k for k in after if k.startswith("encoder.vit.blocks.0.attn.qkv.weight")]
+    assert online and not torch.equal(before[online[0]], after[online[0]]), "the online encoder did not train"
+    if fusion != "none":  # the EHR reaches the loss: its embedding gets a gradient and moves
+        moved = [k for k in after if k.startswith("ehr_embed.") and not torch.equal(before[k], after[k])]
+        assert moved, "the EHR embedding did not train"
+
+
+@pytest.mark.parametrize("objective", ["msn", "dino"])
+def test_ema_target_moves_only_by_ema(synthetic_cache: Path, objective: str) -> None:
+    run = build_run(tiny(objective), open_cache(synthetic_cache))
+    target = run.objective.eval_encoder()
+    assert target is not run.objective.encoder and not any(p.requires_grad for p in target.parameters())
+    old_t = [p.clone() for p in target.parameters()]
+    m = train_step(run, first_batch(run))["ema"]
+    # the EMA step uses the online weights after the optimiser step
+    for t0, o1, t1 in zip(old_t, run.objective.encoder.parameters(), target.parameters()):
+        assert torch.allclose(t1, m * t0 + (1 - m) * o1.detach(), atol=1e-6)
+
+
+def test_vicreg_has_no_target_and_probes_its_online_encoder(synthetic_cache: Path) -> None:
+    run = build_run(tiny("vicreg"), open_cache(synthetic_cache))
+    assert run.objective.eval_encoder() is run.objective.encoder
+    assert not any("target" in k or "teacher" in k for k in run.objective.state_dict())
+
+
+def test_dino_centre_follows_the_teacher_and_last_layer_can_be_frozen(synthetic_cache: Path) -> None:
+    run = build_run(tiny("dino", "dino.freeze_last_layer_epochs=1"),
+                    open_cache(synthetic_cache))
+    dino = run.objective
+    last = [p.clone() for p in dino.head.last_layer.parameters() if p.requires_grad]
+    assert torch.count_nonzero(dino.center) == 0
+    train_step(run, first_batch(run))
+    assert torch.count_nonzero(dino.center) > 0
+    assert all(torch.equal(a, b) for a, b in zip(last, (p for p in dino.head.last_layer.parameters()
+                                                         if p.requires_grad)))
+
+
+def test_mlvicx_levels_map_fractions_to_blocks() -> None:
+    assert level_blocks(12, (0.25, 0.5, 0.75, 1.0)) == [2, 5, 8, 11]
+    assert level_blocks(4, (0.25, 0.5, 0.75, 1.0)) == [0, 1, 2, 3]
+    assert level_blocks(2, (0.25, 0.5, 0.75, 1.0)) == [0, 1]
+
+
+def test_intermediate_tokens_equal_timm_and_masking_is_unchanged() -> None:
+    import mmsn.models  # noqa: F401
+
+    torch.manual_seed(0)
+    enc = ViTEncoder(create_vit("vit_nano", 32)).eval()
+    x = torch.randn(3, 1, 32, 32)
+    final, levels = enc.forward_tokens(x, indices=[0, 1])
+    ref = enc.vit.forward_intermediates(x, indices=[0, 1], norm=False, output_fmt="NLC", intermediates_only=True,
+                                        return_prefix_tokens=True)
+    for ours, (patches, prefix) in zip(levels, ref):
+        assert torch.allclose(ours, torch.cat([prefix, patches], dim=1), atol=1e-6)
+    assert torch.allclose(final[:, 0], enc.vit(x), atol=1e-6)
+    keep = random_token_mask(3, 16, 0.5, True, generator=torch.Generator().manual_seed(0))
+    masked, levels = enc.forward_tokens(x, keep, indices=[1])
+    assert masked.shape == (3, 1 + 8, 64) and levels[0].shape == masked.shape
+    assert torch.allclose(masked[:, 0], enc(x, keep), atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["msn", *SSL])
+def test_pretrain_exports_timm_encoder_and_probes(synthetic_cache: Path, tmp_path: Path, objective: str) -> None:
+    out = tmp_path / objective
+    assert mmsn_main(["pretrain", "--data", str(synthetic_cache), "--out", str(out),
+                      *sum((["--set", s] for s in [*TINY_RUN, f"objective.name={objective}"]), [])]) == 0
+    import mmsn.models  # noqa: F401  registers vit_nano with timm
+
+    vit = timm.create_model("vit_nano", in_chans=1, num_classes=0, img_size=32,
+                            checkpoint_path=str(out / "encoder.pth")).eval()
+    encoder, cfg = load_encoder(out)
+    x = torch.randn(2, 1, 32, 32)
+    assert cfg.objective.name == objective and torch.allclose(vit(x), encoder(x), atol=1e-5)
+    assert mmsn_main(["probe", "--checkpoint", str(out), "--data", str(synthetic_cache),
+                      "--out", str(tmp_path / "probe.json"), "--split", "test"]) == 0
+    assert 0 <= json.loads((tmp_path / "probe.json").read_text())["macro_auroc"] <= 1
+
+
+def _make_legacy(run_dir: Path) -> None:
+    """Turn a run directory into one written before objectives existed: the config in config.yaml and in
+    checkpoint.pt becomes the committed legacy layout (loss.*, optim.ema_*; no objective sections)."""
+    legacy = yaml.safe_load((FIXTURES / "legacy_msn_config.yaml").read_text())
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(legacy, sort_keys=False))
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    state["config"] = legacy
+    torch.save(state, run_dir / "checkpoint.pt")
+
+
+def test_legacy_msn_run_directory_resumes_and_probes(synthetic_cache: Path, tmp_path: Path) -> None:
+    cache = open_cache(synthetic_cache)
+    cfg = load_config(FIXTURES / "legacy_msn_config.yaml")
+    assert cfg == load_config(None, TINY_RUN) and cfg.train.epochs == 2
+    pretrain(cfg, cache, tmp_path / "straight", log=lambda _: None)
+
+    def stop_after_first(run, metrics) -> None:  # type: ignore[no-untyped-def]
+        if run.epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cfg, cache, tmp_path / "old", log=lambda _: None, on_epoch=stop_after_first)
+    _make_legacy(tmp_path / "old")
+    lines: list[str] = []
+    pretrain(load_config(FIXTURES / "legacy_msn_config.yaml"), cache, tmp_path / "old", log=lines.append)
+    assert any("resumed" in line and "epoch 1" in line for line in lines)
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "old" / "checkpoint.pt", weights_only=False)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert mmsn_main(["probe", "--checkpoint", str(tmp_path / "old"), "--data", str(synthetic_cache),
+                      "--out", str(tmp_path / "probe.json")]) == 0
+
+
+def test_space_axes_of_an_objective_need_its_condition(tmp_path: Path) -> None:
+    from search_spaces.loader import grid_points, load_space
+
+    path = tmp_path / "space.yaml"
+    body = ("axes:\n  objective.name: {choice: [msn, vicreg]}\n"
+            "  vicreg.var_weight: {choice: [10.0, 25.0]%s}\n")
+    path.write_text(body % "")
+    with pytest.raises(ConfigError, match=rf"{path}: vicreg.var_weight: read only by objective vicreg, "
+                                          r"but objective.name is 'msn'"):
+        load_space(path)
+    path.write_text(body % ", when: {objective.name: [vicreg]}")
+    space = load_space(path)
+    cfgs = [space.config(p) for p in grid_points(space)]
+    assert sorted((c.objective.name, c.vicreg.var_weight) for c in cfgs) == [
+        ("msn", 25.0), ("vicreg", 10.0), ("vicreg", 25.0)]
+
+
+def test_a_recipe_file_may_carry_msn_settings_for_another_objective() -> None:
+    from search_spaces.loader import CONFIGS
+
+    cfg = load_config(CONFIGS / "quickstart.yaml", ["objective.name=dino"])
+    assert cfg.objective.name == "dino" and cfg.msn.ema_start == 0.98  # inert for DINO, not an error
