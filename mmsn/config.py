@@ -8,6 +8,7 @@ quickstart; the paper's GPU values are given in the comments and in ``mmsn/confi
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -97,7 +98,7 @@ class EHRConfig:
 class ObjectiveConfig:
     """Which pretraining objective runs (mmsn.objectives.OBJECTIVES); its own section holds its keys."""
 
-    name: str = "msn"  # msn | vicreg | mlvicx | dino
+    name: str = "msn"  # msn | vicreg | mlvicx | dino | mae | mrm_ehr | supcon_ehr | msn_supcon
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "objective.name", "must name an objective")
@@ -185,6 +186,75 @@ class DINOConfig:
 
 
 @dataclass(frozen=True)
+class MAEConfig:
+    """MAE (He et al. 2022) and the image half of MRM: mask ratio, the light decoder, the pixel target."""
+
+    mask_ratio: float = 0.75  # patch tokens hidden from the encoder (MAE and MRM: 0.75; CXR-EHR-MSN's MAE: 0.6)
+    decoder_dim: int = 128  # decoder width (MAE: 512)
+    decoder_depth: int = 2  # decoder blocks (MAE: 8)
+    decoder_heads: int = 4  # decoder attention heads (MAE: 16)
+    norm_pix_loss: bool = True  # MSE on per-patch standardised pixels (MAE, MRM)
+
+    def __post_init__(self) -> None:
+        _require(0 < self.mask_ratio <= 0.95, "mae.mask_ratio", f"{self.mask_ratio} not in (0, 0.95]")
+        _require(self.decoder_dim >= 8 and self.decoder_dim % self.decoder_heads == 0, "mae.decoder_dim",
+                 "must be >= 8 and a multiple of mae.decoder_heads")
+        _require(self.decoder_depth >= 1 and self.decoder_heads >= 1, "mae.decoder_depth", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class MRMConfig:
+    """Masked record modelling on the EHR row (MRM with the EHR as the record): masked fields are predicted
+    from the pooled visible image tokens plus the visible fields; missing values are never targets."""
+
+    features: tuple[str, ...] = ("all",)  # the record's fields: EHR groups and/or columns
+    record_mask: float = 0.5  # fraction of the record's fields masked per image, in (0, 1] (MRM: 0.5)
+    record_weight: float = 1.0  # w in L = L_image + w * L_record (MRM: 1)
+    width: int = 64  # record decoder width
+    depth: int = 2  # record decoder blocks
+    heads: int = 4  # record decoder attention heads
+
+    def __post_init__(self) -> None:
+        _require(len(self.features) > 0, "mrm.features", "name at least one EHR field")
+        _require(0 < self.record_mask <= 1, "mrm.record_mask", f"{self.record_mask} not in (0, 1]")
+        _require(0 <= self.record_weight <= 100, "mrm.record_weight", "must be in [0, 100]")
+        _require(self.width >= 8 and self.width % self.heads == 0, "mrm.width",
+                 "must be >= 8 and a multiple of mrm.heads")
+        _require(self.depth >= 1 and self.heads >= 1, "mrm.depth", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class SupConConfig:
+    """Clinically labelled supervised contrastive learning (OLIVES): EHR columns as pseudo-labels choose
+    the positives of SupCon (Khosla et al. 2020); several columns add up as a weighted sum of SupCon terms."""
+
+    labels: tuple[str, ...] = ("sex", "age")  # EHR columns (age binned, sex, view, stay flags) or "patient"
+    weights: tuple[float, ...] = ()  # one per label; empty = 1 each (OLIVES: an unweighted sum)
+    bins: int = 4  # bins of a continuous column (age)
+    binning: str = "quantile"  # quantile (train-split quantiles) | width (equal width)
+    temperature: float = 0.07  # SupCon temperature (Khosla et al., OLIVES: 0.07)
+
+    def __post_init__(self) -> None:
+        _require(len(self.labels) > 0, "supcon.labels", "name at least one pseudo-label column")
+        _require(not self.weights or len(self.weights) == len(self.labels), "supcon.weights",
+                 f"give one weight per label ({len(self.labels)}) or none")
+        _require(all(0 <= w <= 100 for w in self.weights), "supcon.weights", "must be in [0, 100]")
+        _require(self.bins >= 2, "supcon.bins", f"{self.bins}: a binning needs at least 2 bins")
+        _require(self.binning in ("quantile", "width"), "supcon.binning", "quantile | width")
+        _require(0 < self.temperature <= 10, "supcon.temperature", "must be in (0, 10]")
+
+
+@dataclass(frozen=True)
+class MSNSupConConfig:
+    """MSN + weight * SupCon on the anchor/target CLS features with EHR-defined positives."""
+
+    weight: float = 1.0  # lambda of the SupCon term
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.weight <= 100, "msn_supcon.weight", "must be in [0, 100]")
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     """AdamW and the schedules, all pure functions of the global step (mmsn.schedules)."""
 
@@ -261,6 +331,10 @@ class Config:
     vicreg: VICRegConfig = field(default_factory=VICRegConfig)
     mlvicx: MLVICXConfig = field(default_factory=MLVICXConfig)
     dino: DINOConfig = field(default_factory=DINOConfig)
+    mae: MAEConfig = field(default_factory=MAEConfig)
+    mrm: MRMConfig = field(default_factory=MRMConfig)
+    supcon: SupConConfig = field(default_factory=SupConConfig)
+    msn_supcon: MSNSupConConfig = field(default_factory=MSNSupConConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
@@ -279,7 +353,14 @@ OBJECTIVE_SECTIONS: dict[str, tuple[str, ...]] = {
     "vicreg": ("vicreg",),
     "mlvicx": ("mlvicx",),
     "dino": ("dino",),
+    "mae": ("mae",),
+    "mrm_ehr": ("mae", "mrm"),
+    "supcon_ehr": ("supcon",),
+    "msn_supcon": ("msn", "supcon", "msn_supcon"),
 }
+
+# objectives that read EHR targets (record fields, pseudo-labels) from the cache, independently of ehr.fusion
+EHR_TARGET_OBJECTIVES = ("mrm_ehr", "supcon_ehr", "msn_supcon")
 
 # Keys written before objectives were a config axis (loss.*, optim.ema_*) -> their place in MSN's section.
 # Old YAML files, --set overrides, spaces and run directories keep loading; the old key wins when both appear.
@@ -293,9 +374,10 @@ LEGACY_KEYS: dict[str, str] = {
 }
 
 
-def check_objective_keys(keys: Iterable[str], objective: str) -> None:
-    """ConfigError for the first dotted key that lies in another objective's section than ``objective``'s."""
-    own = set(OBJECTIVE_SECTIONS[objective])
+def check_objective_keys(keys: Iterable[str], *objectives: str) -> None:
+    """ConfigError for the first dotted key in a section that none of ``objectives`` reads."""
+    own = {s for name in objectives for s in OBJECTIVE_SECTIONS.get(name, ())}
+    objective = " / ".join(objectives)
     owners: dict[str, list[str]] = {}
     for name, sections in OBJECTIVE_SECTIONS.items():
         for section in sections:
@@ -338,12 +420,19 @@ def _migrate_legacy(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:
-    """Check/convert one YAML value against a field type (int -> float allowed, lists -> tuples)."""
+    """Check/convert one YAML value against a field type (int -> float allowed, lists -> tuples,
+    ``X | None`` accepts null)."""
     origin = typing.get_origin(kind)
+    if origin in (types.UnionType, typing.Union):
+        members = [a for a in typing.get_args(kind) if a is not type(None)]
+        if value is None and len(members) < len(typing.get_args(kind)):
+            return None
+        _require(len(members) == 1, key, f"unsupported field type {kind}")
+        return _coerce(value, members[0], key)
     if origin is tuple:
         args = typing.get_args(kind)
         if not isinstance(value, (list, tuple)):
-            value = [value] if args[-1] is Ellipsis else value
+            value = (value,) if args[-1] is Ellipsis else value
         _require(isinstance(value, (list, tuple)), key, f"expected a list, got {value!r}")
         if args[-1] is Ellipsis:
             return tuple(_coerce(v, args[0], key) for v in value)
@@ -363,6 +452,11 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
         _require(isinstance(value, str), key, f"expected a string, got {value!r}")
         return value
     raise ConfigError(f"{key}: unsupported field type {kind}")  # pragma: no cover
+
+
+def coerce(value: Any, kind: Any, key: str) -> Any:
+    """``_coerce`` for other typed sections (search-space resources, data, budget): ConfigError naming ``key``."""
+    return _coerce(value, kind, key)
 
 
 def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
@@ -459,6 +553,11 @@ __all__ = [
     "OBJECTIVE_SECTIONS",
     "Config",
     "DINOConfig",
+    "EHR_TARGET_OBJECTIVES",
+    "MAEConfig",
+    "MRMConfig",
+    "MSNSupConConfig",
+    "SupConConfig",
     "EHRConfig",
     "MLVICXConfig",
     "MSNConfig",
@@ -472,6 +571,7 @@ __all__ = [
     "ViewsConfig",
     "canonical_key",
     "check_objective_keys",
+    "coerce",
     "flat_fields",
     "flat_keys",
     "from_dict",

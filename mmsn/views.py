@@ -65,6 +65,10 @@ class MultiCropViews:
             v = (v - mean) * gain[:, None, None, None] + mean + bias[:, None, None, None]
         return v
 
+    def single(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 (B,H,W) -> one global crop per image (B,1,S,S), normalised (MAE's single view)."""
+        return self.crops(to_input(images), 1, self.cfg.size, self.cfg.global_scale, generator)
+
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """uint8 (B,H,W) -> target (B,1,S,S), anchor (B,1,S,S), focal (F*B,1,s,s) or None; normalised."""

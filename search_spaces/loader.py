@@ -9,6 +9,7 @@ strings joined by ``+`` (``"age+view"``) because Optuna's categorical values mus
 from __future__ import annotations
 
 import itertools
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +21,16 @@ from mmsn.config import (
     Config,
     canonical_key,
     check_objective_keys,
+    coerce,
     flat_fields,
     from_dict,
     load_config,
     set_dotted,
     to_dict,
 )
-from mmsn.errors import ConfigError
+from mmsn.data.registry import DATASETS, dataset_columns
+from mmsn.errors import ConfigError, unknown_name
+from mmsn.preflight import check_config
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "mmsn" / "configs"
@@ -52,6 +56,11 @@ class Axis:
         return all(params.get(k) in allowed for k, allowed in self.when)
 
 
+def _need(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
 @dataclass(frozen=True)
 class DataSpec:
     dataset: str = "synthetic"
@@ -60,6 +69,10 @@ class DataSpec:
     n: int | None = 3000
     seed: int = 0
     split: str = "0.7,0.1,0.2"
+
+    def __post_init__(self) -> None:
+        _need(16 <= self.size <= 1024, "data.size", f"{self.size} not in 16..1024")
+        _need(self.n is None or self.n >= 10, "data.n", f"{self.n}: need at least 10 images (or null for all)")
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,10 @@ class SchedulerSpec:
     perturbation_interval: int = 1  # PBT: milestones between exploit/explore steps
     mutations: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # PBT: key -> candidate values
 
+    def __post_init__(self) -> None:
+        _need(self.reduction_factor >= 2, "scheduler.reduction_factor", "must be >= 2")
+        _need(self.perturbation_interval >= 1, "scheduler.perturbation_interval", "must be >= 1")
+
 
 @dataclass(frozen=True)
 class SearchSpec:
@@ -77,6 +94,9 @@ class SearchSpec:
     num_samples: int = 1  # optuna/random: trials; grid: repeats of the whole grid
     points_to_evaluate: tuple[dict[str, Any], ...] = ()
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        _need(self.num_samples >= 1, "search.num_samples", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -88,11 +108,22 @@ class Resources:
     probe_cpus: float = 1.0
     probe_gpus: float = 0.0
 
+    def __post_init__(self) -> None:
+        _need(self.workers >= 1, "resources.workers", f"{self.workers}: need at least 1 Ray Train worker")
+        _need(self.cpus_per_worker > 0 and self.probe_cpus > 0, "resources.cpus_per_worker",
+              "cpus_per_worker and probe_cpus must be > 0")
+        _need(self.gpus_per_worker >= 0 and self.probe_gpus >= 0, "resources.gpus_per_worker", "GPUs must be >= 0")
+        _need(self.max_concurrent_trials >= 1, "resources.max_concurrent_trials", "must be >= 1")
+
 
 @dataclass(frozen=True)
 class Budget:
     time_budget_s: float = 0.0  # 0: no limit
     max_failures: int = 1  # Ray Train retries of a dead worker group per segment
+
+    def __post_init__(self) -> None:
+        _need(self.time_budget_s >= 0, "budget.time_budget_s", "must be >= 0 (0: no limit)")
+        _need(self.max_failures >= 0, "budget.max_failures", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -113,17 +144,26 @@ class Space:
     budget: Budget = field(default_factory=Budget)
     smoke: tuple[tuple[str, Any], ...] = ()
 
+    def objectives(self) -> tuple[str, ...]:
+        """The objectives the space's trials can run: the values of an ``objective.name`` axis, else the base's."""
+        axis = next((a for a in self.axes if a.key == "objective.name"), None)
+        return tuple(str(v) for v in axis.values) if axis is not None else (self.base.objective.name,)
+
     @property
     def epochs(self) -> int:
         return self.scheduler.milestones[-1]
 
     def config(self, params: Mapping[str, Any]) -> Config:
         """The trial config: base + axis values (+ ``train.seed``); errors name the key and the file.
-        ``train.epochs`` is the last milestone, so every segment follows the same schedule."""
+        ``train.epochs`` is the last milestone, so every segment follows the same schedule. Registry and
+        EHR names are checked against the space's dataset (mmsn.preflight), before any data is read."""
         active = {k: v for k, v in params.items() if v != INACTIVE}
         cfg = _build(self.path, self.base, {**active, "train.epochs": self.epochs})
         try:
-            check_objective_keys([*(k for k, _ in self.base_overrides), *active], cfg.objective.name)
+            # An axis value is set for this trial; base.set is a recipe for every objective the space runs.
+            check_objective_keys(active, cfg.objective.name)
+            check_objective_keys([k for k, _ in self.base_overrides], *self.objectives())
+            check_config(cfg, dataset_columns(self.data.dataset))
         except ConfigError as err:
             raise ConfigError(f"{self.path}: {err}") from None
         return cfg
@@ -152,15 +192,22 @@ def _build(path: Path, base: Config, params: Mapping[str, Any]) -> Config:
 
 def _err(path: Path, message: str) -> ConfigError:
     return ConfigError(f"{path}: {message}")
+SIMPLE = (int, float, str, bool, int | None, float | None, str | None, tuple[int, ...])
+
+
 def _section(path: Path, raw: Mapping[str, Any], name: str, cls: type,
              convert: Callable[[dict], dict] | None = None) -> Any:
+    """A typed space section: unknown keys, wrong types and out-of-range values name ``name.key``."""
     data = dict(raw.get(name) or {})
-    valid = set(cls.__dataclass_fields__)
-    unknown = sorted(set(data) - valid)
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(hints))
     if unknown:
-        raise _err(path, f"unknown key '{name}.{unknown[0]}'; valid: {', '.join(sorted(valid))}")
+        raise _err(path, f"unknown key '{name}.{unknown[0]}'; valid: {', '.join(sorted(hints))}")
     try:
+        data = {k: coerce(v, hints[k], f"{name}.{k}") if hints[k] in SIMPLE else v for k, v in data.items()}
         return cls(**(convert(data) if convert else data))
+    except ConfigError as err:
+        raise _err(path, str(err)) from None
     except TypeError as err:
         raise _err(path, f"{name}: {err}") from None
 
@@ -281,6 +328,11 @@ def validate(space: Space) -> None:
     for key, _ in sched.mutations:
         if _check_key(path, key, f"scheduler.mutations.{key}") != key:
             raise _err(path, f"scheduler.mutations.{key}: write it as {canonical_key(key)!r}")
+    if space.data.dataset not in DATASETS:
+        raise _err(path, f"data.dataset: {unknown_name('dataset', space.data.dataset, DATASETS)}")
+    if space.search.algorithm == "grid":  # every trial the sweep will run
+        for point in grid_points(space):
+            space.config(point)
     for axis in space.axes:
         for value in axis.values:  # with the axis's conditions met, as a trial that has it
             space.config({**{k: allowed[0] for k, allowed in axis.when}, axis.key: value})

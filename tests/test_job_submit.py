@@ -25,7 +25,9 @@ def ray_cli() -> str:
 
 
 def test_ray_job_submit_runs_a_sweep_on_a_local_head(tmp_path: Path) -> None:
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    # The job's entrypoint runs `python` from PATH: the test's interpreter, even when the venv is not activated.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": path}
     port, dash = free_port(), free_port()
     start = [ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=3"]

@@ -11,6 +11,7 @@ import pytest
 import timm
 import torch
 import yaml
+from torch.utils.data import default_collate
 
 from mmsn.checkpoint import load_encoder
 from mmsn.cli import main as mmsn_main
@@ -26,7 +27,11 @@ from mmsn.pretrain import pretrain
 from tests.conftest import TINY_RUN
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SSL = ("vicreg", "mlvicx", "dino")
+SSL = ("vicreg", "mlvicx", "dino", "mae", "mrm_ehr", "supcon_ehr", "msn_supcon")
+# every objective with no fusion and with the fusion that touches the most (both branches); every fusion
+# with the two objective families (EMA target; no target)
+COMBOS = sorted({*((o, f) for o in OBJECTIVE_SECTIONS for f in ("none", "concat_both")),
+                 *((o, f) for o in ("msn", "vicreg") for f in FUSIONS)})
 
 
 def tiny(objective: str, *extra: str) -> Config:
@@ -34,24 +39,24 @@ def tiny(objective: str, *extra: str) -> Config:
 
 
 def first_batch(run, n: int = 32) -> Batch:  # type: ignore[no-untyped-def]
-    items = [run.train_set[k] for k in range(n)]
-    return Batch(torch.stack([i["images"] for i in items]), torch.stack([i["ehr_input"] for i in items]))
+    return Batch(**default_collate([run.train_set[k] for k in range(n)]))
 
 
 def test_registry_matches_the_config_sections() -> None:
-    assert set(OBJECTIVES) == set(OBJECTIVE_SECTIONS) >= {"msn", "vicreg", "mlvicx", "dino"}
+    assert set(OBJECTIVES) == set(OBJECTIVE_SECTIONS) == {"msn", *SSL}
 
 
 def test_unknown_objective_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match=r"objective.name 'byol'; valid: dino, mlvicx, msn, vicreg"):
+    with pytest.raises(ConfigError, match=r"objective.name 'byol'; valid: dino, mae, mlvicx, mrm_ehr, msn, "
+                                          r"msn_supcon, supcon_ehr, vicreg"):
         load_config(None, ["objective.name=byol"])
 
 
 def test_key_of_an_unselected_objective_names_key_and_selection(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
     path.write_text("objective: {name: vicreg}\nmsn: {temperature: 0.2}\n")
-    with pytest.raises(ConfigError, match=rf"{path}: msn.temperature: read only by objective msn, but "
-                                          r"objective.name is 'vicreg'"):
+    with pytest.raises(ConfigError, match=rf"{path}: msn.temperature: read only by objective msn / msn_supcon, "
+                                          r"but objective.name is 'vicreg'"):
         load_config(path)
     with pytest.raises(ConfigError, match="defaults: dino.teacher_temp: read only by objective dino, but "
                                           "objective.name is 'msn'"):
@@ -76,8 +81,7 @@ def test_legacy_keys_land_in_msn_section() -> None:
     assert from_dict(Config, to_dict(cfg)) == cfg
 
 
-@pytest.mark.parametrize("objective", sorted(OBJECTIVE_SECTIONS))
-@pytest.mark.parametrize("fusion", sorted(FUSIONS))
+@pytest.mark.parametrize("objective, fusion", COMBOS)
 def test_every_objective_trains_with_every_fusion(synthetic_cache: Path, objective: str, fusion: str) -> None:
     cfg = tiny(objective, f"ehr.fusion={fusion}", "optim.warmup_epochs=0", "optim.start_lr=1e-3")
     run = build_run(cfg, open_cache(synthetic_cache))
@@ -87,7 +91,7 @@ def test_every_objective_trains_with_every_fusion(synthetic_cache: Path, objecti
     assert torch.isfinite(torch.tensor(scalars["loss"]))
     assert set(run.objective.part_names) <= set(scalars)
     after = run.objective.state_dict()
-    online = [k for k in after if k.startswith("encoder.vit.blocks.0.attn.qkv.weight")]
+    online = [k for k in after if k == "encoder.vit.blocks.0.attn.qkv.weight"]
     assert online and not torch.equal(before[online[0]], after[online[0]]), "the online encoder did not train"
     if fusion != "none":  # the EHR reaches the loss: its embedding gets a gradient and moves
         moved = [k for k in after if k.startswith("ehr_embed.") and not torch.equal(before[k], after[k])]
@@ -222,3 +226,78 @@ def test_a_recipe_file_may_carry_msn_settings_for_another_objective() -> None:
 
     cfg = load_config(CONFIGS / "quickstart.yaml", ["objective.name=dino"])
     assert cfg.objective.name == "dino" and cfg.msn.ema_start == 0.98  # inert for DINO, not an error
+
+
+def test_mae_scores_only_masked_patches_of_normalised_pixels() -> None:
+    from mmsn.objectives.mae import masked_patch_mse, patchify
+
+    x = torch.arange(2 * 16 * 16, dtype=torch.float32).reshape(2, 1, 16, 16)
+    patches = patchify(x, 8)  # (2, 4, 64), row-major patches
+    assert patches.shape == (2, 4, 64) and torch.equal(patches[0, 1], x[0, 0, :8, 8:].reshape(-1))
+    keep = torch.tensor([[0], [3]])  # visible patch per image
+    pred = torch.zeros_like(patches)
+    base = masked_patch_mse(pred, patches, keep, norm_pix=True)
+    pred_visible = pred.clone()
+    pred_visible[0, 0] += 100.0
+    pred_visible[1, 3] -= 100.0
+    assert torch.equal(masked_patch_mse(pred_visible, patches, keep, norm_pix=True), base)  # visible: not scored
+    # a zero prediction of standardised patches: (P - 1) / P, MAE standardises with the unbiased variance
+    assert torch.allclose(base, torch.tensor(63 / 64), atol=1e-5)
+    assert masked_patch_mse(pred, patches, keep, norm_pix=False) > 1000
+
+
+def test_record_loss_never_scores_missing_or_visible_fields() -> None:
+    from mmsn.objectives.mrm import mask_fields, record_loss
+
+    targets = torch.tensor([[1.0, float("nan"), 0.5], [0.0, 2.0, float("nan")]])  # cat(2), cat(3), continuous
+    classes = (2, 3, 0)
+    logits = [torch.zeros(2, 2), torch.zeros(2, 3), torch.zeros(2, 1)]
+    masked = torch.tensor([[True, True, False], [False, True, True]])
+    # scored: (0, field 0) CE log 2, (1, field 1) CE log 3; (0, 1) and (1, 2) are missing, the rest visible
+    expected = (torch.log(torch.tensor(2.0)) + torch.log(torch.tensor(3.0))) / 2
+    assert torch.allclose(record_loss(logits, targets, masked, classes), expected)
+    assert record_loss(logits, targets, torch.zeros_like(masked), classes) == 0
+    hidden = mask_fields(torch.zeros(5, 6), 0.5, torch.Generator().manual_seed(0))
+    assert hidden.sum(dim=1).tolist() == [3] * 5
+    assert mask_fields(torch.zeros(2, 3), 0.01, None).sum(dim=1).tolist() == [1, 1]  # at least one field
+
+
+def test_masked_field_is_not_a_missing_indicator() -> None:
+    from mmsn.config import MRMConfig
+    from mmsn.objectives.mrm import RecordDecoder
+
+    torch.manual_seed(0)
+    dec = RecordDecoder(8, (2, 0), MRMConfig(width=16, heads=4, depth=1)).eval()
+    image = torch.randn(1, 8)
+    missing = dec(image, torch.tensor([[float("nan"), 0.3]]), torch.tensor([[False, False]]))
+    masked = dec(image, torch.tensor([[1.0, 0.3]]), torch.tensor([[True, False]]))
+    masked_missing = dec(image, torch.tensor([[float("nan"), 0.3]]), torch.tensor([[True, False]]))
+    assert not torch.allclose(missing[1], masked[1])  # the model can tell "hidden" from "unknown"
+    assert torch.allclose(masked[1], masked_missing[1])  # a hidden field reveals nothing of its value
+
+
+def test_ehr_as_target_is_independent_of_ehr_as_input(synthetic_cache: Path) -> None:
+    run = build_run(tiny("mrm_ehr", "ehr.fusion=none"), open_cache(synthetic_cache))
+    batch = first_batch(run)
+    assert batch.ehr is None and batch.ehr_targets is not None and batch.ehr_targets.shape[1] == 6
+    # categorical first (sex F/M, view PA/AP in NIH-14, hosp_death, icu), then continuous (age, followup)
+    assert run.objective.record.classes == (2, 2, 2, 2, 0, 0)
+    run = build_run(tiny("supcon_ehr", "supcon.labels=[sex, age, image]", "ehr.fusion=film"),
+                    open_cache(synthetic_cache))
+    batch = first_batch(run)
+    labels = batch.pseudo_labels
+    assert batch.ehr is not None and labels is not None and labels.shape == (32, 3)
+    assert labels[:, 2].unique().numel() == 32 and set(labels[:, 0].tolist()) <= {-1, 0, 1}
+
+
+@pytest.mark.slow
+def test_patient_pseudo_labels_leave_no_patient_id_in_the_run(synthetic_cache: Path, tmp_path: Path) -> None:
+    cfg = tiny("supcon_ehr", "supcon.labels=[patient, sex]")
+    pretrain(cfg, open_cache(synthetic_cache), tmp_path / "run", log=lambda _: None)
+    ids = set(open_cache(synthetic_cache).table["patient_id"].astype(str))
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file() and path.suffix not in (".pt", ".pth"):
+            text = path.read_bytes().decode("latin-1")
+            assert not [i for i in ids if len(i) > 3 and i in text], path
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert not [i for i in ids if len(i) > 3 and i in repr(state["config"]) + repr(state["ehr_encoder"])]

@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mmsn.config import Config
 from mmsn.data.cache import Cache
 from mmsn.data.ehr import EHREncoder, resolve_features
+from mmsn.data.targets import PseudoLabeler, PseudoLabelSpec, RecordEncoder, fit_pseudo_labels, fit_record_targets
 
 
 class CacheImages(Dataset[dict[str, torch.Tensor]]):
-    """Row ``k`` -> {"images": uint8 (H, W), "ehr_input": float32 (w,)}: the fields of an
-    ``mmsn.objectives.Batch`` once collated. Images stay memory-mapped."""
+    """Row ``k`` -> {"images": uint8 (H, W), "ehr_input": float32 (w,), and the EHR targets when the run
+    has them ("ehr_targets" (F,), "pseudo_labels" (L,))}: the fields of an ``mmsn.objectives.Batch``
+    once collated. Images stay memory-mapped."""
 
-    def __init__(self, images: np.ndarray, rows: np.ndarray, ehr: np.ndarray) -> None:
-        if len(rows) != len(ehr):
-            raise ValueError(f"{len(rows)} rows but {len(ehr)} EHR vectors")
-        self.images, self.rows, self.ehr = images, rows, ehr
+    def __init__(self, images: np.ndarray, rows: np.ndarray, ehr: np.ndarray,
+                 targets: dict[str, np.ndarray] | None = None) -> None:
+        if len(rows) != len(ehr) or any(len(v) != len(rows) for v in (targets or {}).values()):
+            raise ValueError(f"{len(rows)} rows but {len(ehr)} EHR vectors / targets of another length")
+        self.images, self.rows, self.ehr, self.targets = images, rows, ehr, targets or {}
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         image = torch.from_numpy(np.array(self.images[self.rows[k]]))  # copy out of the read-only mmap
-        return {"images": image, "ehr_input": torch.from_numpy(self.ehr[k])}
+        extra = {name: torch.from_numpy(values[k]) for name, values in self.targets.items()}
+        return {"images": image, "ehr_input": torch.from_numpy(self.ehr[k]), **extra}
 
 
 def fit_ehr_encoder(cache: Cache, features: tuple[str, ...], fusion: str) -> EHREncoder:
@@ -36,7 +43,54 @@ def fit_ehr_encoder(cache: Cache, features: tuple[str, ...], fusion: str) -> EHR
     return EHREncoder.fit(cache.table, columns, train)
 
 
-def split_dataset(cache: Cache, split: str, encoder: EHREncoder) -> CacheImages:
+@dataclass(frozen=True)
+class EHRTargets:
+    """The EHR as a training target, independent of the fusion input: MRM's record fields and SupCon's
+    pseudo-labels, fit on the train split. ``record_classes``: class count per record field, 0 for a
+    continuous one (what the record decoder is built for)."""
+
+    record: RecordEncoder | None = None
+    pseudo: PseudoLabeler | None = None
+    image_labels: bool = False  # SupCon's "image" label: each image its own class (SimCLR's positives)
+
+    @property
+    def record_classes(self) -> tuple[int, ...]:
+        if self.record is None:
+            return ()
+        return (*self.record.n_classes, *(0,) * len(self.record.continuous_fields))
+
+    def arrays(self, cache: Cache, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Batch fields for cache ``rows``: ``ehr_targets`` (N, F) float32 (category codes as floats, NaN =
+        missing) and ``pseudo_labels`` (N, L) int64 (-1 = missing); only those the run uses."""
+        table, out = cache.table.iloc[rows], {}
+        if self.record is not None:
+            cat, cont = self.record.transform(table)
+            out["ehr_targets"] = np.concatenate([np.where(cat < 0, np.nan, cat), cont], axis=1).astype(np.float32)
+        if self.pseudo is not None or self.image_labels:
+            labels = [self.pseudo.transform(table)] if self.pseudo is not None else []
+            # Row numbers are unique over the whole cache, so views of other workers' images never match.
+            out["pseudo_labels"] = np.concatenate([*labels, np.asarray(rows, np.int64)[:, None]] if self.image_labels
+                                                  else labels, axis=1)
+        return out
+
+
+def fit_ehr_targets(cfg: Config, cache: Cache) -> EHRTargets:
+    """What ``cfg.objective`` needs of the EHR as a target (mmsn.config.EHR_TARGET_OBJECTIVES), fit on train."""
+    name, train = cfg.objective.name, cache.table["split"].to_numpy() == "train"
+    if name == "mrm_ehr":
+        fields = resolve_features(cfg.mrm.features, cache.ehr_columns)
+        return EHRTargets(record=fit_record_targets(cache.table, fields, train, key="mrm.features"))
+    if name not in ("supcon_ehr", "msn_supcon"):
+        return EHRTargets()
+    s, kinds = cfg.supcon, {c.name: c.kind for c in cache.ehr_columns}
+    weights = s.weights or (1.0,) * len(s.labels)
+    specs = [PseudoLabelSpec(label, w, s.bins if kinds.get(label) == "continuous" else 0, s.binning)
+             for label, w in zip(s.labels, weights) if label != "image"]
+    pseudo = fit_pseudo_labels(cache.table, cache.ehr_columns, specs, train, key="supcon.labels") if specs else None
+    return EHRTargets(pseudo=pseudo, image_labels="image" in s.labels)
+
+
+def split_dataset(cache: Cache, split: str, encoder: EHREncoder, targets: EHRTargets | None = None) -> CacheImages:
     rows = cache.rows(split)
     ehr = encoder.transform(cache.table.iloc[rows]).astype(np.float32)
-    return CacheImages(cache.images, rows, ehr)
+    return CacheImages(cache.images, rows, ehr, targets.arrays(cache, rows) if targets is not None else None)

@@ -65,7 +65,8 @@ def vit_micro(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
 BACKBONES: dict[str, Callable[..., VisionTransformer]] = {"vit_nano": vit_nano, "vit_micro": vit_micro}
 
 
-def _check_name(name: str) -> None:
+def check_backbone(name: str) -> None:
+    """ConfigError listing the valid names unless ``name`` is ours or a timm ViT."""
     if name in BACKBONES or (name.startswith("vit_") and timm.is_model(name)):
         return
     ours = ", ".join(sorted(BACKBONES))
@@ -81,7 +82,7 @@ def create_vit(name: str, img_size: int, patch_size: int = 0, drop_path: float =
     ``patch_size > 0`` overrides the backbone's patch size (e.g. 8 for 64 px inputs). Never
     pretrained: no hub downloads, and ImageNet RGB weights do not fit 1-channel CXRs unchanged.
     """
-    _check_name(name)
+    check_backbone(name)
     overrides: dict[str, Any] = {"patch_size": patch_size} if patch_size > 0 else {}
     model = timm.create_model(
         name, pretrained=False, in_chans=1, num_classes=0, img_size=img_size, drop_path_rate=drop_path,
@@ -214,6 +215,7 @@ def disable_drop_path(module: nn.Module) -> None:
 __all__ = [
     "BACKBONES",
     "ViTEncoder",
+    "check_backbone",
     "create_vit",
     "disable_drop_path",
     "keep_patch_tokens",

@@ -54,6 +54,15 @@ class Batch:
         return int(self.images.shape[0])
 
 
+@dataclass(frozen=True)
+class DataShape:
+    """What an objective's layers depend on in the data: the fusion input's width and, for masked record
+    modelling, the record fields (class count per categorical field, 0 per continuous one)."""
+
+    ehr_width: int = 0
+    record_classes: tuple[int, ...] = ()
+
+
 class LossOutput(NamedTuple):
     """The scalar loss to back-propagate and its named parts (scalar tensors) for the logs."""
 
@@ -95,22 +104,23 @@ class Objective(nn.Module):
 
 
 def decay_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float,
-                 no_decay_names: tuple[str, ...] = ("prototypes",)) -> list[dict[str, Any]]:
+                 no_decay: tuple[str, ...] = ("prototypes",)) -> list[dict[str, Any]]:
     """AdamW groups: decay and no-decay (``"apply_wd": False``, skipped by the weight-decay schedule).
 
     No decay on biases, norm weights and every 1-D parameter, the position embedding, CLS/register
-    tokens and ``no_decay_names`` (MSN's prototypes); parameters without gradient (EMA targets) are left out.
+    tokens and names containing a ``no_decay`` key (MSN's prototypes); parameters without gradient
+    (EMA targets) are left out.
     """
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
+    decayed: list[nn.Parameter] = []
+    plain: list[nn.Parameter] = []
     for name, p in named:
         if not p.requires_grad:
             continue
-        skip = p.ndim <= 1 or name.endswith(".bias") or name in no_decay_names or any(
-            key in name for key in ("pos_embed", "cls_token", "reg_token"))
-        (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay, "apply_wd": True},
-            {"params": no_decay, "weight_decay": 0.0, "apply_wd": False}]
+        skip = p.ndim <= 1 or name.endswith(".bias") or any(
+            key in name for key in ("pos_embed", "cls_token", "reg_token", *no_decay))
+        (plain if skip else decayed).append(p)
+    return [{"params": decayed, "weight_decay": weight_decay, "apply_wd": True},
+            {"params": plain, "weight_decay": 0.0, "apply_wd": False}]
 
 
 def frozen_copy(module: M) -> M:
@@ -171,5 +181,5 @@ class FusedOnline(Objective):
         return self.fusion(h, e) if e is not None else h
 
 
-__all__ = ["Batch", "FusedOnline", "LossOutput", "Objective", "decay_groups", "ema_update", "frozen_copy",
+__all__ = ["Batch", "DataShape", "FusedOnline", "LossOutput", "Objective", "decay_groups", "ema_update", "frozen_copy",
            "full_precision"]

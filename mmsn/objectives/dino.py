@@ -19,7 +19,7 @@ from mmsn.config import Config, DINOConfig
 from mmsn.losses import dino_loss, teacher_temperature, update_center
 from mmsn.models.backbone import ViTEncoder
 from mmsn.models.heads import DINOHead
-from mmsn.objectives.base import Batch, FusedOnline, LossOutput, ema_update, frozen_copy, full_precision
+from mmsn.objectives.base import Batch, DataShape, FusedOnline, LossOutput, ema_update, frozen_copy, full_precision
 from mmsn.schedules import cosine
 from mmsn.views import MultiCropViews
 
@@ -30,10 +30,10 @@ class DINO(FusedOnline):
     part_names = ("teacher_entropy",)
     center: Tensor  # (1, K) buffer: EMA of the teacher's batch-mean output
 
-    def __init__(self, cfg: Config, ehr_width: int) -> None:
+    def __init__(self, cfg: Config, data: DataShape) -> None:
         super().__init__()
         self.dino: DINOConfig = cfg.dino
-        self.build_online(cfg.model, cfg.ehr, cfg.views.size, ehr_width)
+        self.build_online(cfg.model, cfg.ehr, cfg.views.size, data.ehr_width)
         m = cfg.model
         self.head = DINOHead(self.encoder.embed_dim, m.head_hidden, m.head_out, m.n_prototypes)
         self.teacher_encoder = frozen_copy(self.encoder)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from mmsn.config import Config
 from mmsn.models.heads import Expander
-from mmsn.objectives.base import Batch, LossOutput
+from mmsn.objectives.base import Batch, DataShape, LossOutput
 from mmsn.objectives.vicreg import VICReg
 
 
@@ -38,8 +38,8 @@ class MLVICX(VICReg):
 
     part_names = ("global", "multi_level", "invariance", "variance", "covariance")
 
-    def __init__(self, cfg: Config, ehr_width: int) -> None:
-        super().__init__(cfg, ehr_width)
+    def __init__(self, cfg: Config, data: DataShape) -> None:
+        super().__init__(cfg, data)
         self.vic_cfg = cfg.mlvicx
         self.multi_level_weight = cfg.mlvicx.multi_level_weight
         dim = self.encoder.embed_dim

@@ -18,7 +18,7 @@ from mmsn.config import Config, EHRConfig, MaskConfig, ModelConfig, MSNConfig, V
 from mmsn.losses import MSNLoss
 from mmsn.models.backbone import ViTEncoder, random_token_mask
 from mmsn.models.heads import ProjectionHead, init_prototypes
-from mmsn.objectives.base import Batch, FusedOnline, LossOutput, ema_update, frozen_copy, full_precision
+from mmsn.objectives.base import Batch, DataShape, FusedOnline, LossOutput, ema_update, frozen_copy, full_precision
 from mmsn.schedules import ema_momentum
 from mmsn.views import MultiCropViews
 
@@ -32,7 +32,7 @@ class MultimodalMSN(FusedOnline):
         ``views``: the multi-crop views ``forward`` makes (default: ``ViewsConfig`` at ``img_size``).
     """
 
-    part_names = ("cross_entropy", "me_max")
+    part_names: tuple[str, ...] = ("cross_entropy", "me_max")
 
     def __init__(self, model: ModelConfig, mask: MaskConfig, ehr: EHRConfig, ehr_width: int,
                  img_size: int, msn: MSNConfig | None = None, views: ViewsConfig | None = None) -> None:
@@ -53,8 +53,8 @@ class MultimodalMSN(FusedOnline):
         self.target_fusion = frozen_copy(self.fusion) if fuse_target else None
 
     @classmethod
-    def from_config(cls, cfg: Config, ehr_width: int) -> MultimodalMSN:
-        return cls(cfg.model, cfg.mask, cfg.ehr, ehr_width, cfg.views.size, cfg.msn, cfg.views)
+    def from_config(cls, cfg: Config, data: DataShape) -> MultimodalMSN:
+        return cls(cfg.model, cfg.mask, cfg.ehr, data.ehr_width, cfg.views.size, cfg.msn, cfg.views)
 
     def _pairs(self) -> Iterator[tuple[nn.Module, nn.Module]]:
         """(anchor module, its EMA target) pairs; prototypes are deliberately absent."""
@@ -84,6 +84,16 @@ class MultimodalMSN(FusedOnline):
         the anchor rows first, and ``target_out`` (B, D), head outputs not normalised (the loss does).
         The anchor is masked with ``mask.ratio``; focal views only when ``mask.focal``.
         """
+        anchor_feats, target_feats = self.features(target, anchors, focals, ehr, generator)
+        # One head pass over all views, so BatchNorm normalises over them together (as MSN does).
+        anchor_out = self.head(anchor_feats)  # (B*(1+F), D)
+        with torch.no_grad():
+            target_out = self.target_head(target_feats)  # (B, D)
+        return anchor_out, target_out
+
+    def features(self, target: Tensor, anchors: Tensor, focals: Tensor | None, ehr: Tensor | None,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """The fused CLS features before the heads: anchor side (B*(1+F), d) view-major, target (B, d)."""
         b = anchors.shape[0]
         e = self.embed_ehr(ehr, self.prototypes.dtype)  # (B, E) or None
         feats = [self._anchor_features(anchors, e, True, generator)]  # [(B, d)]
@@ -92,21 +102,19 @@ class MultimodalMSN(FusedOnline):
             # The same EHR embedding serves every view of an image (paper); view-major repeat.
             e_focal = e.repeat(n_focal, 1) if e is not None else None  # (B*F, E)
             feats.append(self._anchor_features(focals, e_focal, self.mask.focal, generator))  # (B*F, d)
-        # One head pass over all views, so BatchNorm normalises over them together (as MSN does).
-        anchor_out = self.head(torch.cat(feats))  # (B*(1+F), D)
         with torch.no_grad():
-            target_out = self._target_forward(target, ehr)  # (B, D)
-        return anchor_out, target_out
+            target_feats = self._target_features(target, ehr)  # (B, d)
+        return torch.cat(feats), target_feats
 
-    def _target_forward(self, x: Tensor, ehr: Tensor | None) -> Tensor:
-        """Unmasked EMA branch: (B, 1, S, S) -> (B, D); fuses EHR only when ``fusion.in_target``."""
+    def _target_features(self, x: Tensor, ehr: Tensor | None) -> Tensor:
+        """Unmasked EMA branch: (B, 1, S, S) -> (B, d); fuses EHR only when ``fusion.in_target``."""
         if self.target_ehr_embed is None or self.target_fusion is None:
-            return self.target_head(self.target_encoder(x))  # type: ignore[no-any-return]
+            return self.target_encoder(x)  # type: ignore[no-any-return]
         if ehr is None:
             raise ValueError("the target branch fuses EHR (fusion.in_target) but ehr=None")
         e = self.target_ehr_embed(ehr.to(self.prototypes.dtype))
         h = self.target_encoder(x, None, self.target_fusion.extra_tokens(e))
-        return self.target_head(self.target_fusion(h, e))  # type: ignore[no-any-return]
+        return self.target_fusion(h, e)  # type: ignore[no-any-return]
 
     def schedules(self, step: int, total_steps: int, steps_per_epoch: int) -> dict[str, float]:
         return {"ema": ema_momentum(step, total_steps, self.msn.ema_start, self.msn.ema_end)}
@@ -116,6 +124,9 @@ class MultimodalMSN(FusedOnline):
         """Multi-crop views of the batch (target, anchor, focal), both branches, the MSN loss."""
         target, anchor, focal = self.views(batch.images, generator)
         anchor_out, target_out = self.outputs(target, anchor, focal, batch.ehr, generator)
+        return self.msn_loss(anchor_out, target_out)
+
+    def msn_loss(self, anchor_out: Tensor, target_out: Tensor) -> LossOutput:
         with full_precision(anchor_out):
             out = self.loss_fn(anchor_out.float(), target_out.float(), self.prototypes,
                                self.msn.target_temperature)

@@ -19,7 +19,7 @@ from mmsn.config import Config, VICRegConfig
 from mmsn.losses import vicreg_loss
 from mmsn.models.backbone import ViTEncoder
 from mmsn.models.heads import Expander
-from mmsn.objectives.base import Batch, FusedOnline, LossOutput, full_precision
+from mmsn.objectives.base import Batch, DataShape, FusedOnline, LossOutput, full_precision
 from mmsn.views import MultiCropViews
 
 
@@ -28,10 +28,10 @@ class VICReg(FusedOnline):
 
     part_names: tuple[str, ...] = ("invariance", "variance", "covariance")
 
-    def __init__(self, cfg: Config, ehr_width: int) -> None:
+    def __init__(self, cfg: Config, data: DataShape) -> None:
         super().__init__()
         self.vic_cfg: VICRegConfig = cfg.vicreg
-        self.build_online(cfg.model, cfg.ehr, cfg.views.size, ehr_width)
+        self.build_online(cfg.model, cfg.ehr, cfg.views.size, data.ehr_width)
         self.expander = Expander(self.encoder.embed_dim, cfg.model.head_hidden, cfg.model.head_out)
         self.views = MultiCropViews(dataclasses.replace(cfg.views, n_focal=0))
 

@@ -1,0 +1,65 @@
+"""Bad spaces fail before any data is read or Ray starts, naming the key (and the file); pretrain agrees."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mmsn.cli import main as mmsn_main
+from mmsn.errors import ConfigError
+from search_spaces.loader import HERE, load_space
+
+QUICKSTART = HERE / "quickstart.yaml"
+
+
+def variant(tmp_path: Path, edit: dict) -> Path:
+    """The quickstart space with ``edit`` merged over it (one level deep), written to tmp_path."""
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    for key, value in edit.items():
+        raw[key] = {**raw[key], **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+TYPOS = [
+    ({"axes": {"ehr.fusion": {"choice": ["none", "concat_anchr"]}}}, r"ehr.fusion 'concat_anchr'; valid: "),
+    ({"base": {"config": "quickstart", "set": {"model.backbone": "vit_nanoo"}}}, r"model.backbone: unknown backbone"),
+    ({"axes": {"ehr.fusion": {"choice": ["concat_anchor"]}, "ehr.features": {"choice": [["demografic"]]}}},
+     r"ehr.features: unknown EHR feature 'demografic'"),
+    ({"resources": {"workers": "two"}}, r"resources.workers: expected an integer, got 'two'"),
+    ({"resources": {"workers": 0}}, r"resources.workers: 0: need at least 1"),
+    ({"data": {"dataset": "synthetik"}}, r"data.dataset: unknown dataset 'synthetik'"),
+    ({"base": {"config": "quickstart", "set": {"objective.name": "supcon_ehr", "supcon.labels": ["sex", "bmi"]}}},
+     r"supcon.labels: unknown pseudo-label 'bmi'"),
+]
+
+
+@pytest.mark.parametrize("edit, message", TYPOS)
+def test_space_typos_fail_when_the_space_loads(tmp_path: Path, edit: dict, message: str) -> None:
+    path = variant(tmp_path, edit)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_space(path)
+    assert str(path) in str(err.value)
+
+
+def test_sweep_cli_refuses_a_typo_in_seconds_before_ray_or_data(tmp_path: Path) -> None:
+    path = variant(tmp_path, TYPOS[0][0])
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "trainables.sweep", str(path), "--storage", str(tmp_path / "exp")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "concat_anchr" in done.stderr and str(path) in done.stderr, done.stderr
+    assert time.monotonic() - start < 60
+    assert not (tmp_path / "exp").exists(), "nothing may be written for a refused space"
+    assert "ray" not in done.stdout.lower() + done.stderr.lower().replace(str(path).lower(), "")
+
+
+def test_pretrain_gives_the_same_message(synthetic_cache: Path, tmp_path: Path) -> None:
+    code = mmsn_main(["pretrain", "--data", str(synthetic_cache), "--out", str(tmp_path / "run"),
+                      "--set", "ehr.features=[demografic]"])
+    assert code == 2 and not (tmp_path / "run").exists()
