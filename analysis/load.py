@@ -33,7 +33,9 @@ COMPLETED, STOPPED_EARLY, FAILED, UNFINISHED = "completed", "stopped_early", "fa
 INACTIVE = "-"  # a conditional axis that does not apply to a trial (search_spaces.loader.INACTIVE)
 EHR_KEYS = ("ehr.fusion", "ehr.features")
 SEED_KEY = "train.seed"
-_TRIAL_DIR = re.compile(r"^msn_trial_(?P<id>[0-9a-f]+_\d+)")
+# Tune names a trial's directory <trainable>_<id>_...; a trial directory is one that holds our files.
+_TRIAL_DIR = re.compile(r"_(?P<id>[0-9a-f]{5}_\d{5})(?:_|$)")
+ARM_KEYS = ("objective.name",)  # always part of an arm's identity, whatever the search algorithm
 _PROBE = re.compile(r"^epoch_(?P<epoch>\d+)\.json$")
 
 
@@ -271,13 +273,14 @@ def read_records(experiment: Path) -> tuple[list[TrialRecord], list[str]]:
     if not experiment.is_dir():
         raise DataError(f"EXPERIMENT_DIR {experiment}: not a directory")
     tune, notes = _tune_trials(experiment), []
-    dirs = {m["id"]: p for p in experiment.iterdir() if p.is_dir() and (m := _TRIAL_DIR.match(p.name))}
+    dirs = {m["id"]: p for p in experiment.iterdir() if p.is_dir() and (m := _TRIAL_DIR.search(p.name))
+            and ((p / "probes").is_dir() or (p / "result.json").is_file() or (p / "error.txt").is_file())}
     if tune is None:
         notes.append("no experiment_state-*.json: trial statuses inferred from the trial directories")
         tune = {}
     if not tune and not dirs:
         raise DataError(f"EXPERIMENT_DIR {experiment}: no trials found (no experiment_state-*.json "
-                        "trials and no msn_trial_* directories)")
+                        "trials and no trial directories with probes/ or result.json)")
     records = []
     for trial in sorted(set(tune) | set(dirs)):
         t = tune.get(trial, {})
@@ -377,15 +380,17 @@ def context_keys(trials: pd.DataFrame, info: ExperimentInfo) -> tuple[list[str],
     In a grid, every discrete axis besides fusion, features and the seed that takes several values
     is a separate arm (e.g. the backbone): variants are compared with the baseline of the same
     setting. EHR keys (``ehr.embed_dim``) refine the variant; others form its context. In an
-    Optuna/random search the other axes are tuned, not compared, so they are pooled.
+    Optuna/random search the other axes are tuned, not compared, so they are pooled - except the
+    objective (``ARM_KEYS``), which is always part of the arm: objectives are never mixed into one.
     """
+    always = [k for k in ARM_KEYS if k in trials and trials[k].astype(str).nunique() > 1]
     if info.search not in ("grid", "?"):
-        return [], []
+        return [], always  # the objective is compared, never pooled
     axes = [a.key for a in info.axes if a.discrete] if info.axes else [
         c for c in trials.columns if "." in c and "/" not in c]
-    keys = [k for k in axes if k not in (*EHR_KEYS, SEED_KEY) and k in trials
+    keys = [k for k in axes if k not in (*EHR_KEYS, SEED_KEY, *always) and k in trials
             and trials[k].astype(str).nunique() > 1]
-    return [k for k in keys if k.startswith("ehr.")], [k for k in keys if not k.startswith("ehr.")]
+    return [k for k in keys if k.startswith("ehr.")], always + [k for k in keys if not k.startswith("ehr.")]
 
 
 def assign_arms(trials: pd.DataFrame, info: ExperimentInfo) -> pd.DataFrame:

@@ -374,10 +374,16 @@ def suggest(space: Space, trial: Any) -> dict[str, Any]:
 
 
 def variant_name(cfg: Config) -> str:
-    """The EHR variant of a trial, what the analysis ranks: ``none`` or ``fusion:feature+feature``."""
-    if cfg.ehr.fusion == "none":
-        return "none"
-    return f"{cfg.ehr.fusion}:{'+'.join(cfg.ehr.features)}"
+    """The EHR use of a trial, what the analysis ranks within an objective: ``none``, the fusion input
+    ``fusion:feature+feature``, and/or the EHR as a target (``record:fields`` for mrm_ehr,
+    ``labels:column+column`` for the SupCon objectives; SupCon's ``image`` label is no EHR), joined by " & "."""
+    parts = [] if cfg.ehr.fusion == "none" else [f"{cfg.ehr.fusion}:{'+'.join(cfg.ehr.features)}"]
+    if cfg.objective.name == "mrm_ehr":
+        parts.append(f"record:{'+'.join(cfg.mrm.features)}")
+    if cfg.objective.name in ("supcon_ehr", "msn_supcon"):
+        labels = [label for label in cfg.supcon.labels if label != "image"]
+        parts += [f"labels:{'+'.join(labels)}"] if labels else []
+    return " & ".join(parts) or "none"
 
 
 def shipped_spaces() -> list[Path]:

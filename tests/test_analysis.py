@@ -388,3 +388,15 @@ def test_grid_axes_beyond_ehr_split_arms_but_tuned_axes_are_pooled() -> None:
                                     "none [model.backbone=s]", "film:age [model.backbone=s]"]
     assert grid["context"].tolist() == ["model.backbone=t"] * 2 + ["model.backbone=s"] * 2
     assert assign_arms(trials, _info("optuna", axes))["arm"].tolist() == trials["variant"].tolist()
+
+
+def test_objectives_are_never_pooled_even_by_a_tuned_search() -> None:
+    from analysis.load import Axis
+
+    trials = pd.DataFrame({"variant": ["none", "concat_anchor:age"] * 2,
+                           "objective.name": ["msn", "msn", "dino", "dino"], "optim.lr": [1e-3, 2e-3, 3e-3, 4e-3]})
+    axes = (Axis("objective.name", "choice", ("msn", "dino")), Axis("optim.lr", "loguniform", (1e-4, 1e-2)))
+    for search in ("optuna", "random", "grid"):
+        arms = assign_arms(trials, _info(search, axes))
+        assert arms["arm"].tolist() == ["none [objective.name=msn]", "concat_anchor:age [objective.name=msn]",
+                                        "none [objective.name=dino]", "concat_anchor:age [objective.name=dino]"]

@@ -6,9 +6,11 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -24,19 +26,29 @@ def ray_cli() -> str:
     return str(Path(sys.executable).with_name("ray"))
 
 
-def test_ray_job_submit_runs_a_sweep_on_a_local_head(tmp_path: Path) -> None:
+def test_ray_job_submit_on_a_two_cpu_head_runs_a_smoke_sweep_and_refuses_a_trial_that_cannot_fit(
+        tmp_path: Path) -> None:
     # The job's entrypoint runs `python` from PATH: the test's interpreter, even when the venv is not activated.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": path}
     port, dash = free_port(), free_port()
     start = [ray_cli(), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=3"]
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2"]
     subprocess.run(start, check=True, env=env, capture_output=True, timeout=180)
     try:
         submit = [ray_cli(), "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
-                  "--", "python", "-m", "trainables.sweep", "search_spaces/ehr_ablation.yaml", "--smoke",
-                  "--storage", str(tmp_path / "exp")]
-        done = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=480)
+                  "--", "python", "-m", "trainables.sweep"]
+        too_big = tmp_path / "too_big.yaml"  # the quickstart smoke with 2 x 1-CPU workers: 2.05 CPUs at once
+        raw = yaml.safe_load((ROOT / "search_spaces" / "quickstart.yaml").read_text())
+        raw["smoke"]["resources"] = {"workers": 2, "cpus_per_worker": 1, "max_concurrent_trials": 1}
+        too_big.write_text(yaml.safe_dump(raw))
+        start_s = time.monotonic()
+        refused = subprocess.run([*submit, str(too_big), "--smoke", "--storage", str(tmp_path / "big")], env=env,
+                                 capture_output=True, text=True, timeout=240)
+        assert refused.returncode != 0 and time.monotonic() - start_s < 90, refused.stdout[-2000:]
+        assert "cannot fit" in refused.stdout and "training needs 2.05 CPUs" in refused.stdout, refused.stdout[-2000:]
+        smoke = [*submit, "search_spaces/ehr_ablation.yaml", "--smoke", "--storage", str(tmp_path / "exp")]
+        done = subprocess.run(smoke, env=env, capture_output=True, text=True, timeout=480)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert "succeeded" in done.stdout
         experiment = tmp_path / "exp" / "ehr_ablation-smoke"

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import math
-import os
-import socket
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mmsn.losses import MSNLoss, MSNLossOutput, mean_entropy_penalty, prototype_logits, sharpen, sinkhorn
+from tests.gloo import free_port, gloo_group
 
 
 def _inputs(batch: int, views: int, dim: int, k: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -122,10 +119,7 @@ def _rows_of(rank: int) -> torch.Tensor:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    # A short timeout: if one worker dies, the other fails fast instead of hanging the suite.
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=30))
-    try:
+    with gloo_group(rank, WORLD, port):
         anchors, targets, prototypes = _inputs(BATCH, VIEWS, DIM, K)
         half = BATCH // WORLD
         local_anchors = anchors[_rows_of(rank)].clone().requires_grad_()
@@ -138,18 +132,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         torch.save({"me_max": out.me_max.detach(), "assignment": assignment,
                     "anchor_grad": local_anchors.grad, "prototype_grad": prototypes.grad},
                    Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_two_workers_match_one_process(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
     anchors, targets, prototypes = _inputs(BATCH, VIEWS, DIM, K)

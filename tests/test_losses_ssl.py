@@ -3,14 +3,10 @@ gathered statistics and DINO's center are exact under 2-worker DDP."""
 
 from __future__ import annotations
 
-import os
-import socket
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mmsn.losses import (
@@ -23,6 +19,7 @@ from mmsn.losses import (
     variance_term,
     vicreg_loss,
 )
+from tests.gloo import free_port, gloo_group
 
 
 def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -247,10 +244,7 @@ def _vicreg_inputs() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    # A short timeout: if one worker dies, the other fails fast instead of hanging the suite.
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=30))
-    try:
+    with gloo_group(rank, WORLD, port):
         rows = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
         z_a, z_b = (z[rows].clone().requires_grad_() for z in _vicreg_inputs())
         out = vicreg_loss(z_a, z_b, gather_distributed=True)
@@ -259,14 +253,6 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         new_center = update_center(center, teacher[:, rows], MOMENTUM, gather_distributed=True)
         torch.save({"out": [t.detach() for t in out], "grad_a": z_a.grad, "grad_b": z_b.grad,
                     "center": new_center}, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_two_workers_match_one_process(tmp_path: Path) -> None:
@@ -281,7 +267,7 @@ def test_two_workers_match_one_process(tmp_path: Path) -> None:
     gradient of its rows, and DDP's mean over workers recovers the whole-batch gradient.
     The DINO center is the all-reduced mean, identical to the whole-batch update on every worker.
     """
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
     z_a, z_b = (z.requires_grad_() for z in _vicreg_inputs())

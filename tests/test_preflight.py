@@ -63,3 +63,23 @@ def test_pretrain_gives_the_same_message(synthetic_cache: Path, tmp_path: Path) 
     code = mmsn_main(["pretrain", "--data", str(synthetic_cache), "--out", str(tmp_path / "run"),
                       "--set", "ehr.features=[demografic]"])
     assert code == 2 and not (tmp_path / "run").exists()
+
+
+def test_a_trial_that_cannot_fit_is_refused_with_the_numbers() -> None:
+    from search_spaces.loader import Resources
+    from trainables.resources import Node, unmet
+
+    two_cpus = [Node(2.0, 0.0)]
+    problems = unmet(Resources(workers=2, cpus_per_worker=1.0), two_cpus)
+    assert len(problems) == 1 and "training needs 2.05 CPUs" in problems[0] and "has 2 CPUs" in problems[0]
+    problems = unmet(Resources(workers=1, probe_cpus=2.0), two_cpus)
+    assert len(problems) == 1 and "probe task needs 2 CPUs" in problems[0]
+    assert "no node has 1 CPUs and 1 GPUs" in " ".join(unmet(Resources(gpus_per_worker=1.0), two_cpus))
+    assert unmet(Resources(workers=2, cpus_per_worker=4, gpus_per_worker=1), [Node(8, 1), Node(8, 1)]) == []
+
+
+@pytest.mark.parametrize("path", sorted(HERE.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_smoke_corner_fits_a_two_cpu_head(path: Path) -> None:
+    from trainables.resources import Node, unmet
+
+    assert unmet(load_space(path, smoke=True).resources, [Node(2.0, 0.0)]) == []

@@ -4,18 +4,15 @@ follows Khosla et al.'s L_out with missing labels, and is exact under 2-worker D
 from __future__ import annotations
 
 import math
-import os
-import socket
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from mmsn.losses import supcon_loss, supcon_masks
+from tests.gloo import free_port, gloo_group
 
 
 def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -195,10 +192,7 @@ def _dist_inputs(pattern: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    # A short timeout: if one worker dies, the other fails fast instead of hanging the suite.
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timedelta(seconds=30))
-    try:
+    with gloo_group(rank, WORLD, port):
         results = []
         rows = slice(rank * LOCAL, (rank + 1) * LOCAL)
         for pattern in range(len(PATTERNS)):
@@ -208,14 +202,6 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             loss.backward()
             results.append({"loss": loss.detach(), "grad": local.grad})
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_two_workers_match_one_process(tmp_path: Path) -> None:
@@ -223,7 +209,7 @@ def test_two_workers_match_one_process(tmp_path: Path) -> None:
     positive, so the mean over workers is ``sum_i l_i / n``, the whole-batch loss. A row's gradient
     on its worker collects its anchor term there and, through the gather's summed backward, its
     contrast terms on every worker: W times the whole-batch gradient; DDP's mean divides by W."""
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     parts = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     for pattern in range(len(PATTERNS)):
         z, labels = _dist_inputs(pattern)

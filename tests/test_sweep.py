@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -41,7 +42,25 @@ def progress(trial: Path) -> pd.DataFrame:
     return pd.read_json(trial / "result.json", lines=True)
 
 
-def test_asha_sweep_on_probe_auroc_with_two_workers_and_a_retried_worker(tmp_path: Path) -> None:
+@pytest.fixture
+def stale_ray_marker() -> Iterator[None]:
+    """The file a killed `ray start --head` leaves behind, naming a cluster that no longer exists: a plain
+    ray.init() would try to join it. Restored afterwards."""
+    path = Path("/tmp/ray/ray_current_cluster")
+    before = path.read_text() if path.exists() else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("127.0.0.1:1\n")  # nothing listens on port 1
+    try:
+        yield
+    finally:
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_text(before)
+
+
+def test_asha_sweep_on_probe_auroc_with_two_workers_and_a_retried_worker(tmp_path: Path,
+                                                                          stale_ray_marker: None) -> None:
     marker = tmp_path / "killed.txt"
     out = run_sweep("quickstart.yaml", tmp_path, env={"MMSN_TEST_KILL_WORKER": f"1:1:{marker}"})
     experiment = tmp_path / "quickstart-smoke"

@@ -9,6 +9,8 @@ Experiment layout (``STORAGE/NAME/``): Tune's own files and one directory per tr
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -22,24 +24,39 @@ from mmsn.data.cache import open_cache
 from mmsn.errors import MMSNError
 from search_spaces.loader import INACTIVE, Space, encode_value, grid_points, load_space, suggest
 
+DATA_SPEC = "data_spec.json"  # inside a sweep's cache: the whole data spec it was prepared from
+
+
+def cache_dir(storage: Path, spec: dict[str, Any]) -> Path:
+    """``STORAGE/caches/<dataset>-<size>px-n<n>-seed<seed>-<hash>``: the hash covers the whole data spec
+    (root and split too), so a space with another split or root never reuses the first cache."""
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
+    return storage / "caches" / f"{spec['dataset']}-{spec['size']}px-n{spec['n'] or 'all'}-seed{spec['seed']}-{digest}"
+
 
 def ensure_cache(space: Space, storage: Path) -> Path:
-    """Prepare the space's data cache once under ``STORAGE/caches`` (reused by later sweeps)."""
+    """Prepare the space's data cache once under ``STORAGE/caches`` (reused by later sweeps with the same
+    data spec; a reused cache is checked against the spec it records)."""
     from mmsn.data.prepare import prepare
     from mmsn.data.registry import load_source
     from mmsn.data.splits import parse_fractions
 
     d = space.data
-    out = storage / "caches" / f"{d.dataset}-{d.size}px-n{d.n or 'all'}-seed{d.seed}"
+    spec = dataclasses.asdict(d)
+    out = cache_dir(storage, spec)
     try:
         open_cache(out)
+        recorded = json.loads((out / DATA_SPEC).read_text())
+    except (MMSNError, OSError, json.JSONDecodeError):
+        recorded = None
+    if recorded == spec:
         return out
-    except MMSNError:
-        pass
     split = "official" if d.split == "official" else parse_fractions(d.split)
     source = load_source(d.dataset, Path(d.root) if d.root else None, d.seed)
     print(f"preparing {d.dataset} cache ({d.n or 'all'} images at {d.size} px) -> {out}", flush=True)
-    return prepare(source, out, size=d.size, seed=d.seed, split=split, n=d.n, overwrite=True)
+    prepare(source, out, size=d.size, seed=d.seed, split=split, n=d.n, overwrite=True)
+    (out / DATA_SPEC).write_text(json.dumps(spec, indent=1) + "\n")
+    return out
 
 
 def build_search(space: Space, experiment: Path) -> tuple[Any, dict[str, Any], int]:
@@ -119,7 +136,9 @@ def start_ray(space: Space, address: str | None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=local_cpus(space), include_dashboard=True, dashboard_host="127.0.0.1",
+        # "local" always starts a new instance: a plain ray.init() joins the cluster named in
+        # /tmp/ray/ray_current_cluster, even a dead one left by a killed `ray start`, and then rejects num_cpus.
+        ray.init(address="local", num_cpus=local_cpus(space), include_dashboard=True, dashboard_host="127.0.0.1",
                  log_to_driver=True)
 
 
@@ -160,23 +179,41 @@ def record_sweep(space: Space, experiment: Path, cache: Path, smoke: bool) -> No
 
 
 def run_sweep(space_path: Path, name: str | None = None, storage: Path = Path("experiments"),
-              smoke: bool = False, resume: bool = False, address: str | None = None) -> Path:
-    """Validate the space (before Ray starts), prepare the cache, run or resume the sweep."""
+              smoke: bool = False, resume: bool = False, address: str | None = None,
+              wait_for_resources: bool = False) -> Path:
+    """Validate the space (before Ray starts), check one trial fits, prepare the cache, run or resume."""
     space = load_space(space_path, smoke=smoke)
     return run_space(space, storage.resolve() / (name or space.name + ("-smoke" if smoke else "")),
-                     smoke, resume, address)
+                     smoke, resume, address, wait_for_resources)
+
+
+def check_resources(space: Space, wait: bool) -> None:
+    """Refuse, with the numbers, a trial the connected cluster can never hold; ``wait`` (an autoscaling
+    cluster) only says what the sweep will wait for."""
+    from trainables.resources import cluster_nodes, unmet
+
+    problems = unmet(space.resources, cluster_nodes())
+    if not problems:
+        return
+    what = "; ".join(problems)
+    if wait:
+        print(f"waiting for the cluster to grow (--wait-for-resources): {what}", flush=True)
+        return
+    raise MMSNError(f"{space.path}: resources: one trial cannot fit this cluster: {what}. Lower resources.* in "
+                    "the space, use a bigger cluster, or pass --wait-for-resources if it autoscales")
 
 
 def run_space(space: Space, experiment: Path, smoke: bool = False, resume: bool = False,
-              address: str | None = None) -> Path:
+              address: str | None = None, wait_for_resources: bool = False) -> Path:
     """Run (or resume) a loaded space as experiment ``experiment``; its parent holds the data caches."""
     storage = experiment.parent
     if not resume and list(experiment.glob("experiment_state-*.json")):
         raise MMSNError(f"{experiment}: holds a sweep; pass --resume to continue it or --name for a new one")
+    start_ray(space, address)
+    check_resources(space, wait_for_resources)
     cache = ensure_cache(space, storage)
     if not resume:
         record_sweep(space, experiment, cache, smoke)
-    start_ray(space, address)
     results = make_tuner(space, experiment, cache, resume).fit()
     from trainables.summary import print_summary
 
@@ -192,10 +229,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smoke", action="store_true", help="apply the space's smoke settings (tiny, fast)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--wait-for-resources", action="store_true",
+                   help="on an autoscaling cluster: wait for nodes instead of refusing a trial that does not fit")
 
 
 def sweep_command(args: argparse.Namespace) -> None:
-    run_sweep(args.space, args.name, args.storage, args.smoke, args.resume, args.address)
+    run_sweep(args.space, args.name, args.storage, args.smoke, args.resume, args.address, args.wait_for_resources)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
