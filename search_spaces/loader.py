@@ -82,6 +82,9 @@ class SchedulerSpec:
     reduction_factor: int = 2
     perturbation_interval: int = 1  # PBT: milestones between exploit/explore steps
     mutations: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # PBT: key -> candidate values
+    # PBT: exploit only once every trial reached the interval (Ray's synch PBT): the same decisions on
+    # every run, at the cost of waiting for the slowest trial
+    synch: bool = False
 
     def __post_init__(self) -> None:
         _need(self.reduction_factor >= 2, "scheduler.reduction_factor", "must be >= 2")
@@ -192,7 +195,7 @@ def _build(path: Path, base: Config, params: Mapping[str, Any]) -> Config:
 
 def _err(path: Path, message: str) -> ConfigError:
     return ConfigError(f"{path}: {message}")
-SIMPLE = (int, float, str, bool, int | None, float | None, str | None, tuple[int, ...])
+SIMPLE = (int, float, str, bool, bool | None, int | None, float | None, str | None, tuple[int, ...])
 
 
 def _section(path: Path, raw: Mapping[str, Any], name: str, cls: type,

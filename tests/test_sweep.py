@@ -89,18 +89,21 @@ def test_asha_sweep_on_probe_auroc_with_two_workers_and_a_retried_worker(tmp_pat
     assert not any(experiment.rglob("*patient*"))
 
 
-@pytest.mark.skip(reason="timing-dependent: which trial PBT clones, and which of its results Tune keeps, varies "
-                         "between runs (passed 2 of 4 runs); needs a deterministic exploit check")
 def test_pbt_clones_a_trial_and_continues(tmp_path: Path) -> None:
+    """Synchronous PBT (the smoke corner): at each milestone both trials have reported, so the worse one
+    exploits the better one. PBT's own record (pbt_global.txt) says which trial cloned which."""
     out = run_sweep("pbt.yaml", tmp_path)
-    trials = trial_dirs(tmp_path / "pbt-smoke")
+    experiment = tmp_path / "pbt-smoke"
+    trials = trial_dirs(experiment)
     assert len(trials) == 2
-    lrs = {t.name: progress(t)["config"].map(lambda c: c["optim.lr"]).tolist() for t in trials}
-    # exploit: a trial's lr changes mid-run (it took a better trial's checkpoint and perturbed config)
-    assert any(len(set(v)) > 1 for v in lrs.values()), (lrs, out[-2000:])
-    for t in trials:  # every trial finishes; a clone continues from the donor's epoch (may skip its own report)
+    exploits = [json.loads(line) for line in (experiment / "pbt_global.txt").read_text().splitlines() if line]
+    assert exploits, out[-2000:]  # [target tag, clone tag, target iteration, clone iteration, old, new config]
+    mutations = {1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3}
+    for target, donor, *_, _donor_config, new in exploits:  # the clone explores the donor's config
+        assert target != donor and new["optim.lr"] in mutations
+    for t in trials:  # every trial finishes its last milestone; epochs only move forward
         epochs = progress(t)["epoch"].tolist()
-        assert epochs[0] == 1 and epochs[-1] == 3 and epochs == sorted(set(epochs)), epochs
+        assert epochs[-1] == 2 and epochs == sorted(set(epochs)), epochs
 
 
 def test_killed_optuna_sweep_resumes_without_running_a_trial_twice(tmp_path: Path) -> None:

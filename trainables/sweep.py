@@ -111,7 +111,7 @@ def build_scheduler(space: Space) -> Any:
         return HyperBandScheduler(max_t=m[-1], reduction_factor=s.reduction_factor, **common)
     if s.type == "pbt":
         interval = m[min(s.perturbation_interval, len(m)) - 1]
-        return PopulationBasedTraining(perturbation_interval=interval,
+        return PopulationBasedTraining(perturbation_interval=interval, synch=s.synch,
                                        hyperparam_mutations={k: list(v) for k, v in s.mutations}, **common)
     return FIFOScheduler()
 
@@ -126,7 +126,9 @@ def local_cpus(space: Space) -> int:
     return max(os.cpu_count() or 1, math.ceil(2 * r.max_concurrent_trials * per_trial))
 
 
-def start_ray(space: Space, address: str | None) -> None:
+def start_ray(space: Space, address: str | None, verbose: bool = False) -> None:
+    """Connect to ``address`` (or RAY_ADDRESS) or start a local Ray sized for the space. Worker and Train
+    output goes to Ray's session logs (``ray.init(log_to_driver=False)``) unless ``verbose``."""
     import ray
 
     if ray.is_initialized():  # an embedding program (or a test) already connected
@@ -134,12 +136,29 @@ def start_ray(space: Space, address: str | None) -> None:
     # Under `ray job submit` the job's driver finds its cluster through RAY_ADDRESS.
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=verbose)
     else:
         # "local" always starts a new instance: a plain ray.init() joins the cluster named in
         # /tmp/ray/ray_current_cluster, even a dead one left by a killed `ray start`, and then rejects num_cpus.
         ray.init(address="local", num_cpus=local_cpus(space), include_dashboard=True, dashboard_host="127.0.0.1",
-                 log_to_driver=True)
+                 log_to_driver=verbose)
+    if not verbose:
+        print("Ray worker and Train output: /tmp/ray/session_latest/logs on the head node "
+              "(--verbose shows it here)", flush=True)
+
+
+def milestone_logger() -> Any:
+    """A Tune callback printing one line per trial milestone (the console's own record of progress)."""
+    from ray.tune import Callback
+
+    class MilestoneLine(Callback):  # type: ignore[misc]
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            print(f"[{trial.trial_id}] {result.get('variant', '?')}: epoch {result.get('epoch')} "
+                  f"val AUROC {result.get('val_auroc', float('nan')):.4f} "
+                  f"({result.get('train_seconds', 0):.0f} s train + {result.get('probe_seconds', 0):.0f} s probe)",
+                  flush=True)
+
+    return MilestoneLine()
 
 
 def make_tuner(space: Space, experiment: Path, cache: Path, resume: bool) -> Any:
@@ -160,7 +179,8 @@ def make_tuner(space: Space, experiment: Path, cache: Path, resume: bool) -> Any
                                     max_concurrent_trials=space.resources.max_concurrent_trials,
                                     time_budget_s=space.budget.time_budget_s or None),
         run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent),
-                                  failure_config=tune.FailureConfig(max_failures=0), verbose=1),
+                                  failure_config=tune.FailureConfig(max_failures=0), verbose=1,
+                                  callbacks=[milestone_logger()]),
     )
 
 
@@ -180,11 +200,11 @@ def record_sweep(space: Space, experiment: Path, cache: Path, smoke: bool) -> No
 
 def run_sweep(space_path: Path, name: str | None = None, storage: Path = Path("experiments"),
               smoke: bool = False, resume: bool = False, address: str | None = None,
-              wait_for_resources: bool = False) -> Path:
+              wait_for_resources: bool = False, verbose: bool = False) -> Path:
     """Validate the space (before Ray starts), check one trial fits, prepare the cache, run or resume."""
     space = load_space(space_path, smoke=smoke)
     return run_space(space, storage.resolve() / (name or space.name + ("-smoke" if smoke else "")),
-                     smoke, resume, address, wait_for_resources)
+                     smoke, resume, address, wait_for_resources, verbose)
 
 
 def check_resources(space: Space, wait: bool) -> None:
@@ -204,12 +224,12 @@ def check_resources(space: Space, wait: bool) -> None:
 
 
 def run_space(space: Space, experiment: Path, smoke: bool = False, resume: bool = False,
-              address: str | None = None, wait_for_resources: bool = False) -> Path:
+              address: str | None = None, wait_for_resources: bool = False, verbose: bool = False) -> Path:
     """Run (or resume) a loaded space as experiment ``experiment``; its parent holds the data caches."""
     storage = experiment.parent
     if not resume and list(experiment.glob("experiment_state-*.json")):
         raise MMSNError(f"{experiment}: holds a sweep; pass --resume to continue it or --name for a new one")
-    start_ray(space, address)
+    start_ray(space, address, verbose)
     check_resources(space, wait_for_resources)
     cache = ensure_cache(space, storage)
     if not resume:
@@ -231,10 +251,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--wait-for-resources", action="store_true",
                    help="on an autoscaling cluster: wait for nodes instead of refusing a trial that does not fit")
+    p.add_argument("--verbose", action="store_true", help="also show Ray worker and Ray Train output")
 
 
 def sweep_command(args: argparse.Namespace) -> None:
-    run_sweep(args.space, args.name, args.storage, args.smoke, args.resume, args.address, args.wait_for_resources)
+    run_sweep(args.space, args.name, args.storage, args.smoke, args.resume, args.address, args.wait_for_resources,
+              args.verbose)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
