@@ -36,7 +36,10 @@ def summarise(experiment: Path) -> dict:
     """Compute and the scheduler's view: each variant's val AUROC at the last milestone it reached."""
     trials = load_trials(experiment)
     by_variant = trials.groupby("variant")["val_auroc"].mean().sort_values(ascending=False)
+    files = [p for p in experiment.rglob("*") if p.is_file() and "analysis" not in p.parts]
     return {"trial_seconds": float(trials["trial_seconds"].sum()), "best": str(by_variant.index[0]),
+            "bytes_per_trial": sum(p.stat().st_size for p in files) / max(len(trials), 1),
+            "full_checkpoints_per_trial": sum(p.name == "checkpoint.pt" for p in files) / max(len(trials), 1),
             "val_auroc": {k: float(v) for k, v in by_variant.items()},
             "epochs": {str(r.variant): int(r.epoch) for r in trials.itertuples()}}
 
@@ -88,10 +91,10 @@ def main() -> None:
 def report(space: Space, grid: dict, asha: dict, rho: float, epoch_s: dict) -> None:
     ratio = asha["trial_seconds"] / grid["trial_seconds"]
     print(f"\nspace {space.name}: {len(grid['val_auroc'])} variants, milestones {list(space.scheduler.milestones)}")
-    print(f"{'run':<6}{'trial-s':>10}{'wall-s':>9}  best variant (val AUROC)")
+    print(f"{'run':<6}{'trial-s':>10}{'wall-s':>9}{'MB/trial':>10}{'ckpt/trial':>11}  best variant (val AUROC)")
     for name, r in (("grid", grid), ("asha", asha)):
-        print(f"{name:<6}{r['trial_seconds']:>10.0f}{r['wall_seconds']:>9.0f}  {r['best']} "
-              f"({r['val_auroc'][r['best']]:.4f})")
+        print(f"{name:<6}{r['trial_seconds']:>10.0f}{r['wall_seconds']:>9.0f}{r['bytes_per_trial'] / 1e6:>10.1f}"
+              f"{r['full_checkpoints_per_trial']:>11.1f}  {r['best']} ({r['val_auroc'][r['best']]:.4f})")
     print(f"ASHA compute / grid compute: {ratio:.2f} (goal <= 0.35); same best variant: "
           f"{grid['best'] == asha['best']}; Spearman rank correlation of variants: {rho:.2f}")
     print("epochs reached under ASHA: " + ", ".join(f"{k} {v}" for k, v in asha["epochs"].items()))

@@ -178,9 +178,19 @@ def encode_value(value: Any) -> Any:
 
 
 def decode_value(key: str, value: Any) -> Any:
-    if isinstance(value, str) and flat_fields().get(key, str) is not str:
-        return [] if value == "" else value.split("+")
-    return value
+    """Back from ``encode_value``: "a+b" -> a list whose items have the field's element type, so list
+    axes of numbers (``optim.betas``, ``probe.l2_grid``, ``views.global_scale``) search as numbers."""
+    kind = flat_fields().get(canonical_key(key), str)
+    if not isinstance(value, str) or kind is str:
+        return value
+    element = next(iter(a for a in typing.get_args(kind) if a is not Ellipsis), str)
+    parts = [] if value == "" else value.split("+")
+    if element in (int, float):
+        try:
+            return [element(p) for p in parts]
+        except ValueError:
+            return parts  # not numbers: the config check names the key
+    return parts
 
 
 def _build(path: Path, base: Config, params: Mapping[str, Any]) -> Config:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -26,6 +27,21 @@ def ray_cli() -> str:
     return str(Path(sys.executable).with_name("ray"))
 
 
+def check_pbt(experiment: Path, out: str) -> None:
+    """Synchronous PBT (the pbt.yaml smoke corner): at each milestone both trials have reported, so the
+    worse one exploits the better one. PBT's own record (pbt_global.txt) says which trial cloned which."""
+    trials = [p for p in experiment.iterdir() if p.name.startswith("msn_trial")]
+    assert len(trials) == 2
+    exploits = [json.loads(line) for line in (experiment / "pbt_global.txt").read_text().splitlines() if line]
+    assert exploits, out[-2000:]  # [target tag, clone tag, target iteration, clone iteration, donor config, new]
+    for target, donor, *_, _donor_config, new in exploits:  # the clone explores the donor's config
+        assert target != donor and new["optim.lr"] in {1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3}
+    for t in trials:  # every trial finishes its last milestone; epochs only move forward
+        epochs = [json.loads(line)["epoch"] for line in (t / "result.json").read_text().splitlines() if line]
+        assert epochs[-1] == 2 and epochs == sorted(set(epochs)), epochs
+        assert list(t.glob("probes/epoch_002.json"))
+
+
 def test_ray_job_submit_on_a_two_cpu_head_runs_a_smoke_sweep_and_refuses_a_trial_that_cannot_fit(
         tmp_path: Path) -> None:
     # The job's entrypoint runs `python` from PATH: the test's interpreter, even when the venv is not activated.
@@ -47,13 +63,12 @@ def test_ray_job_submit_on_a_two_cpu_head_runs_a_smoke_sweep_and_refuses_a_trial
                                  capture_output=True, text=True, timeout=240)
         assert refused.returncode != 0 and time.monotonic() - start_s < 90, refused.stdout[-2000:]
         assert "cannot fit" in refused.stdout and "training needs 2.05 CPUs" in refused.stdout, refused.stdout[-2000:]
-        smoke = [*submit, "search_spaces/ehr_ablation.yaml", "--smoke", "--storage", str(tmp_path / "exp")]
-        done = subprocess.run(smoke, env=env, capture_output=True, text=True, timeout=480)
+        # One sweep covers two checks (each costs minutes here): a shipped smoke corner through `ray job
+        # submit` on the 2-CPU head, and PBT cloning.
+        smoke = [*submit, "search_spaces/pbt.yaml", "--smoke", "--storage", str(tmp_path / "exp")]
+        done = subprocess.run(smoke, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert "succeeded" in done.stdout
-        experiment = tmp_path / "exp" / "ehr_ablation-smoke"
-        trials = [p for p in experiment.iterdir() if p.name.startswith("msn_trial")]
-        assert len(trials) == 2
-        assert all(list(t.glob("probes/epoch_001.json")) for t in trials)
+        check_pbt(tmp_path / "exp" / "pbt-smoke", done.stdout)
     finally:
         subprocess.run([ray_cli(), "stop", "--force"], env=env, capture_output=True, timeout=120)

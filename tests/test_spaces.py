@@ -81,3 +81,13 @@ def test_define_by_run_asks_conditional_axes_only_when_active(tmp_path: Path) ->
     params = suggest(load_space(path), trial)
     assert params == {"ehr.fusion": "none", "train.seed": 0}
     assert "ehr.features" not in trial.params
+
+
+def test_list_valued_axes_of_numbers_are_searchable(tmp_path: Path) -> None:
+    path = tmp_path / "lists.yaml"
+    path.write_text("axes:\n  optim.betas: {choice: [[0.9, 0.999], [0.9, 0.95]]}\n"
+                    "  probe.l2_grid: {choice: [[0.1, 1, 10]]}\n  views.global_scale: {choice: [[0.5, 1.0]]}\n")
+    space = load_space(path)
+    cfgs = [space.config(p) for p in grid_points(space)]
+    assert sorted(c.optim.betas for c in cfgs) == [(0.9, 0.95), (0.9, 0.999)]
+    assert cfgs[0].probe.l2_grid == (0.1, 1.0, 10.0) and cfgs[0].views.global_scale == (0.5, 1.0)

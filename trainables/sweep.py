@@ -180,6 +180,8 @@ def make_tuner(space: Space, experiment: Path, cache: Path, resume: bool) -> Any
                                     time_budget_s=space.budget.time_budget_s or None),
         run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent),
                                   failure_config=tune.FailureConfig(max_failures=0), verbose=1,
+                                  # the latest milestone's checkpoint serves --resume and a PBT exploit
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   callbacks=[milestone_logger()]),
     )
 

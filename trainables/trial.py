@@ -10,6 +10,7 @@ analysis and never reported to the scheduler.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -22,6 +23,7 @@ import ray.tune
 from ray.train.torch import TorchTrainer
 from torch.utils.tensorboard import SummaryWriter
 
+from mmsn.checkpoint import ENCODER
 from mmsn.config import to_dict
 from mmsn.engine import NonFiniteLossError
 from mmsn.loop import log_probe
@@ -63,7 +65,9 @@ def run_segment(space: Space, cfg_dict: dict[str, Any], cache: str, init: str | 
         run_config=ray.train.RunConfig(
             name=f"{trial_id}-e{until:03d}-{uuid.uuid4().hex[:6]}",
             storage_path=str(Path(experiment) / "train_runs"),
-            failure_config=ray.train.FailureConfig(max_failures=space.budget.max_failures)),
+            failure_config=ray.train.FailureConfig(max_failures=space.budget.max_failures),
+            # The latest checkpoint is all a retried worker group resumes from; older epochs are dropped.
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)),
     )
     return trainer.fit()
 
@@ -93,6 +97,7 @@ def msn_trial(config: dict[str, Any], space: Space, cache: str, experiment: str)
     tb_dir = str(trial_dir / "tb")
     run_dir, epoch, seconds = _restore(ray.tune.get_checkpoint())
     writer = SummaryWriter(tb_dir)
+    previous: Path | None = None  # this trial's last Train run under train_runs/
     try:
         for milestone in (m for m in space.scheduler.milestones if m > epoch):
             start = time.time()
@@ -100,11 +105,17 @@ def msn_trial(config: dict[str, Any], space: Space, cache: str, experiment: str)
             if "non_finite" in result.metrics:
                 raise NonFiniteLossError(result.metrics["non_finite"])
             assert result.checkpoint is not None
+            # The new segment started from the previous one, and Tune holds its own copy of each reported
+            # checkpoint: the previous Train run is not needed any more (bounded disk per trial).
+            if previous is not None:
+                shutil.rmtree(previous, ignore_errors=True)
+            previous = Path(result.path)
             run_dir, train_s = result.checkpoint.path, time.time() - start
             probes = _probe(space, run_dir, cache)
             probe_s = time.time() - start - train_s
             seconds += train_s + probe_s
             _save_probes(trial_dir, milestone, probes)
+            _save_encoder(trial_dir, milestone, Path(run_dir))
             log_probe(writer, probes["val"], milestone)
             (Path(run_dir) / TRIAL_INFO).write_text(json.dumps({"epoch": milestone, "trial_seconds": seconds}))
             ray.tune.report(
@@ -116,6 +127,13 @@ def msn_trial(config: dict[str, Any], space: Space, cache: str, experiment: str)
                 checkpoint=ray.tune.Checkpoint.from_directory(run_dir))
     finally:
         writer.close()
+
+
+def _save_encoder(trial_dir: Path, epoch: int, run_dir: Path) -> None:
+    """Each milestone's image-only encoder (a timm state dict, small) stays, while full checkpoints do not."""
+    out = trial_dir / "encoders"
+    out.mkdir(exist_ok=True)
+    shutil.copyfile(run_dir / ENCODER, out / f"epoch_{epoch:03d}.pth")
 
 
 def _save_probes(trial_dir: Path, epoch: int, probes: dict[str, Any]) -> None:
