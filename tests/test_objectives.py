@@ -282,12 +282,14 @@ def test_ehr_as_target_is_independent_of_ehr_as_input(synthetic_cache: Path) -> 
     assert batch.ehr is None and batch.ehr_targets is not None and batch.ehr_targets.shape[1] == 6
     # categorical first (sex F/M, view PA/AP in NIH-14, hosp_death, icu), then continuous (age, followup)
     assert run.objective.record.classes == (2, 2, 2, 2, 0, 0)
-    run = build_run(tiny("supcon_ehr", "supcon.labels=[sex, age, image]", "ehr.fusion=film"),
-                    open_cache(synthetic_cache))
+    run = build_run(tiny("supcon_ehr", "supcon.labels=[image, sex, age]", "supcon.weights=[0.5, 1, 2]",
+                         "ehr.fusion=film"), open_cache(synthetic_cache))
     batch = first_batch(run)
     labels = batch.pseudo_labels
     assert batch.ehr is not None and labels is not None and labels.shape == (32, 3)
-    assert labels[:, 2].unique().numel() == 32 and set(labels[:, 0].tolist()) <= {-1, 0, 1}
+    # columns follow supcon.labels (and so its weights): image rows unique, sex in {F, M}, age in 4 bins
+    assert labels[:, 0].unique().numel() == 32 and set(labels[:, 1].tolist()) <= {-1, 0, 1}
+    assert set(labels[:, 2].tolist()) <= {-1, 0, 1, 2, 3} and labels[:, 2].unique().numel() > 2
 
 
 @pytest.mark.slow

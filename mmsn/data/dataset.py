@@ -50,8 +50,8 @@ class EHRTargets:
     continuous one (what the record decoder is built for)."""
 
     record: RecordEncoder | None = None
-    pseudo: PseudoLabeler | None = None
-    image_labels: bool = False  # SupCon's "image" label: each image its own class (SimCLR's positives)
+    pseudo: PseudoLabeler | None = None  # the EHR/patient pseudo-labels, in ``labels`` order without "image"
+    labels: tuple[str, ...] = ()  # supcon.labels: the pseudo-label columns, in order ("image" = SimCLR's positives)
 
     @property
     def record_classes(self) -> tuple[int, ...]:
@@ -66,11 +66,11 @@ class EHRTargets:
         if self.record is not None:
             cat, cont = self.record.transform(table)
             out["ehr_targets"] = np.concatenate([np.where(cat < 0, np.nan, cat), cont], axis=1).astype(np.float32)
-        if self.pseudo is not None or self.image_labels:
-            labels = [self.pseudo.transform(table)] if self.pseudo is not None else []
-            # Row numbers are unique over the whole cache, so views of other workers' images never match.
-            out["pseudo_labels"] = np.concatenate([*labels, np.asarray(rows, np.int64)[:, None]] if self.image_labels
-                                                  else labels, axis=1)
+        if self.labels:
+            fitted = iter(self.pseudo.transform(table).T if self.pseudo is not None else ())
+            # "image": the cache row, unique over the whole cache, so other workers' images never match.
+            columns = [np.asarray(rows, np.int64) if label == "image" else next(fitted) for label in self.labels]
+            out["pseudo_labels"] = np.stack(columns, axis=1)  # (N, L), the order of supcon.labels and its weights
         return out
 
 
@@ -87,7 +87,7 @@ def fit_ehr_targets(cfg: Config, cache: Cache) -> EHRTargets:
     specs = [PseudoLabelSpec(label, w, s.bins if kinds.get(label) == "continuous" else 0, s.binning)
              for label, w in zip(s.labels, weights) if label != "image"]
     pseudo = fit_pseudo_labels(cache.table, cache.ehr_columns, specs, train, key="supcon.labels") if specs else None
-    return EHRTargets(pseudo=pseudo, image_labels="image" in s.labels)
+    return EHRTargets(pseudo=pseudo, labels=s.labels)
 
 
 def split_dataset(cache: Cache, split: str, encoder: EHREncoder, targets: EHRTargets | None = None) -> CacheImages:
