@@ -14,14 +14,15 @@ from pathlib import Path
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("experiment", type=Path, metavar="EXPERIMENT_DIR",
-                   help="a sweep's experiment directory (STORAGE/NAME, holding sweep.json and msn_trial_* dirs)")
+                   help="a sweep's experiment directory (STORAGE/NAME, holding sweep.json and the trial dirs)")
     p.add_argument("--out", type=Path, default=None, help="output directory (default: EXPERIMENT_DIR/analysis)")
     p.add_argument("--metric", choices=("test_auroc", "val_auroc"), default="test_auroc",
                    help="what to rank by; test_auroc uses the per-image test scores (default: test_auroc)")
-    p.add_argument("--baseline", default="fusion=none",
-                   help="baseline: KEY=VALUE matching one variant per setting (fusion=none, "
+    p.add_argument("--baseline", default="ehr=none",
+                   help="baseline: ehr=none (each arm's own setting without EHR input or target: mrm_ehr against "
+                        "mae, msn_supcon against msn), KEY=VALUE matching one variant per setting (fusion=none, "
                         "variant=film:demographic) or a full variant name such as concat_anchor:demographic "
-                        "(default: fusion=none)")
+                        "(default: ehr=none). A sweep of several objectives also tests each arm against vanilla MSN")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap draws (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default: 0)")
 

@@ -3,9 +3,10 @@
 Layout (written by ``trainables/sweep.py`` and ``trainables/trial.py``)::
 
     EXPERIMENT_DIR/sweep.json               how the sweep was started (metric, milestones, ...)
-    EXPERIMENT_DIR/space.yaml               the search space; its description is the question
+    EXPERIMENT_DIR/space.yaml               the search space (read by search_spaces.loader, which also
+                                            defines the arms); its description is the question
     EXPERIMENT_DIR/experiment_state-*.json  Tune's trial list: status, config, error file
-    EXPERIMENT_DIR/msn_trial_<id>_.../      result.json (one line per milestone), error.txt,
+    EXPERIMENT_DIR/<trainable>_<id>_.../    result.json (one line per milestone), error.txt,
         probes/epoch_XXX.json               val and test probe results
         probes/epoch_XXX_test.npz           (N_test, L) scores and targets, same image order everywhere
 
@@ -15,7 +16,6 @@ milestone); :func:`load_scores` returns one trial's per-image test scores.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import re
@@ -25,37 +25,21 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from mmsn.errors import DataError
+from mmsn.errors import ConfigError, DataError
+from search_spaces.loader import INACTIVE, SEED_KEY, Arm, Axis, Space, load_space
+from search_spaces.loader import encode_value as encode
 
 COMPLETED, STOPPED_EARLY, FAILED, UNFINISHED = "completed", "stopped_early", "failed", "unfinished"
-INACTIVE = "-"  # a conditional axis that does not apply to a trial (search_spaces.loader.INACTIVE)
-EHR_KEYS = ("ehr.fusion", "ehr.features")
-SEED_KEY = "train.seed"
 # Tune names a trial's directory <trainable>_<id>_...; a trial directory is one that holds our files.
 _TRIAL_DIR = re.compile(r"_(?P<id>[0-9a-f]{5}_\d{5})(?:_|$)")
-ARM_KEYS = ("objective.name",)  # always part of an arm's identity, whatever the search algorithm
 _PROBE = re.compile(r"^epoch_(?P<epoch>\d+)\.json$")
 
 
 @dataclass(frozen=True)
-class Axis:
-    """One searched key as the space file states it (values of list choices joined by "+")."""
-
-    key: str
-    kind: str
-    values: tuple[Any, ...]
-    when: dict[str, tuple[Any, ...]] = field(default_factory=dict)
-
-    @property
-    def discrete(self) -> bool:
-        return self.kind in ("choice", "grid")
-
-
-@dataclass(frozen=True)
 class ExperimentInfo:
-    """What the sweep asked and how: from sweep.json and space.yaml (smoke overrides applied)."""
+    """What the sweep asked and how: sweep.json and the space as it ran (search_spaces.loader, smoke
+    overrides applied). ``space`` is None when space.yaml cannot be loaded (see notes)."""
 
     path: Path
     name: str
@@ -70,6 +54,7 @@ class ExperimentInfo:
     smoke: bool
     base: dict[str, Any]
     notes: tuple[str, ...] = ()
+    space: Space | None = None
 
 
 @dataclass
@@ -102,74 +87,43 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def encode(value: Any) -> Any:
-    """List choices become "a+b" strings, as the sweep carries them (search_spaces.loader.encode_value)."""
-    return "+".join(str(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-def _merged_space(raw: dict[str, Any], smoke: bool) -> dict[str, Any]:
-    """The space as it ran: a smoke sweep replaces axes and seeds and merges scheduler/search/base.set."""
-    if not smoke or not raw.get("smoke"):
-        return raw
-    s, merged = raw["smoke"], dict(raw)
-    for section in ("scheduler", "search"):
-        merged[section] = {**(raw.get(section) or {}), **(s.get(section) or {})}
-    merged["base"] = {**(raw.get("base") or {}), "set": {**((raw.get("base") or {}).get("set") or {}),
-                                                          **(s.get("set") or {})}}
-    for replaced in ("axes", "seeds"):
-        if replaced in s:
-            merged[replaced] = s[replaced]
-    return merged
-
-
-def _axes(raw: dict[str, Any]) -> tuple[Axis, ...]:
-    axes = []
-    for key, spec in (raw.get("axes") or {}).items():
-        if not isinstance(spec, dict):
-            continue
-        kind = next((k for k in ("choice", "grid", "uniform", "loguniform", "int") if k in spec), "?")
-        when = {k: tuple(encode(x) for x in (v if isinstance(v, list) else [v]))
-                for k, v in (spec.get("when") or {}).items()}
-        axes.append(Axis(key, kind, tuple(encode(v) for v in spec.get(kind, ())), when))
-    return tuple(axes)
+def _load_space(experiment: Path, sweep: dict[str, Any], notes: list[str]) -> Space | None:
+    """The space as the sweep ran it: its copy in the experiment, else the file it was started from
+    (a base config named by a relative path resolves only there)."""
+    errors = []
+    for path in (experiment / "space.yaml", sweep.get("space")):
+        if path and Path(path).is_file():
+            try:
+                return load_space(path, smoke=bool(sweep.get("smoke")))
+            except ConfigError as err:
+                errors.append(error_summary(str(err)))
+    notes.append(f"the search space could not be loaded ({errors[0] if errors else 'no space.yaml'}): arms are "
+                 "each trial's EHR variant and objective, and no grid size is checked")
+    return None
 
 
 def read_info(experiment: Path) -> ExperimentInfo:
-    """sweep.json + space.yaml; a missing or unreadable file is noted, never fatal."""
-    notes = []
+    """sweep.json + the space; a missing or unreadable file is noted, never fatal."""
+    notes: list[str] = []
     sweep = _read_json(experiment / "sweep.json")
     if not isinstance(sweep, dict):
         notes.append("sweep.json missing or unreadable: milestones taken from the trials")
         sweep = {}
-    try:
-        raw = yaml.safe_load((experiment / "space.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        notes.append("space.yaml missing or unreadable: no question or axes to show")
-        raw = {}
-    space = _merged_space(raw, bool(sweep.get("smoke")))
-    scheduler = space.get("scheduler") or {}
-    milestones = sweep.get("milestones") or scheduler.get("milestones") or []
+    space = _load_space(experiment, sweep, notes)
+    milestones = sweep.get("milestones") or (space.scheduler.milestones if space else [])
     return ExperimentInfo(
-        path=experiment, name=str(sweep.get("name") or raw.get("name") or experiment.name),
-        description=str(raw.get("description") or ""), metric=str(sweep.get("metric") or "val_auroc"),
-        milestones=tuple(int(m) for m in milestones), scheduler=str(scheduler.get("type") or "?"),
-        search=str((space.get("search") or {}).get("algorithm") or "?"), axes=_axes(space),
-        seeds=tuple(int(s) for s in space.get("seeds") or ()),
-        num_samples=int((space.get("search") or {}).get("num_samples") or 1), smoke=bool(sweep.get("smoke")),
-        base={k: encode(v) for k, v in ((space.get("base") or {}).get("set") or {}).items()}, notes=tuple(notes))
+        path=experiment, name=str(sweep.get("name") or (space.name if space else experiment.name)),
+        description=space.description if space else "", metric=str(sweep.get("metric") or "val_auroc"),
+        milestones=tuple(int(m) for m in milestones), scheduler=space.scheduler.type if space else "?",
+        search=space.search.algorithm if space else "?", axes=space.axes if space else (),
+        seeds=space.seeds if space else (), num_samples=space.search.num_samples if space else 1,
+        smoke=bool(sweep.get("smoke")), base=dict(space.base_overrides) if space else {}, notes=tuple(notes),
+        space=space)
 
 
 def expected_trials(info: ExperimentInfo) -> int | None:
-    """How many trials a grid sweep creates (None for other searches or without the space): the
-    product of the axes' values with inactive conditional axes merged, times seeds and repeats."""
-    if info.search != "grid" or not info.axes or not all(a.discrete for a in info.axes):
-        return None
-    points: set[tuple[tuple[str, Any], ...]] = set()
-    for combo in itertools.product(*(a.values for a in info.axes)):
-        params = dict(zip((a.key for a in info.axes), combo))
-        active = [a for a in info.axes if all(params.get(k) in allowed for k, allowed in a.when.items())]
-        points.add(tuple((a.key, params[a.key]) for a in active))
-    return len(points) * max(len(info.seeds), 1) * info.num_samples
+    """How many trials the sweep creates: known for a grid whose space loads, else None."""
+    return info.space.expected_trials() if info.space is not None else None
 
 
 # --- per-trial files -----------------------------------------------------------------------------
@@ -325,13 +279,52 @@ def status_of(rec: TrialRecord, last: int, scheduler: str) -> tuple[str, str]:
 
 
 def variant_of(params: dict[str, Any], base: dict[str, Any]) -> str:
-    """``none`` or ``fusion:feature+feature`` (search_spaces.loader.variant_name) from the params."""
+    """Without a loadable space: ``none`` or ``fusion:feature+feature`` from the params alone."""
     fusion = params.get("ehr.fusion", base.get("ehr.fusion"))
     if fusion is None or fusion == INACTIVE:
         return "unknown"
     if fusion == "none":
         return "none"
     return f"{fusion}:{params.get('ehr.features', base.get('ehr.features', '?'))}"
+
+
+VANILLA = "msn"  # the objectives-vs-MSN question measures every arm against MSN without EHR
+
+
+@dataclass(frozen=True)
+class ArmsOf:
+    """A trial's EHR use, its arm and the two arms it is measured against (names of loader.Arm)."""
+
+    variant: str
+    fusion: str
+    features: str | None
+    arm: str
+    context: str
+    ehr_free: str  # the same setting without EHR input or target (its own name for an EHR-free arm)
+    vanilla: str | None  # vanilla MSN in the same setting, when the sweep compares objectives
+
+
+def arms_of(params: dict[str, Any], recorded: str | None, info: ExperimentInfo) -> ArmsOf:
+    """From the space (search_spaces.loader), so analysis and sweep share one definition of an arm. An
+    unloadable space, or a trial it no longer accepts, falls back to the recorded variant within its
+    objective."""
+    space = info.space
+    if space is not None:
+        try:
+            cfg, arm = space.config({k: v for k, v in params.items() if v != INACTIVE}), space.arm(params)
+            objectives = space.objectives()
+            vanilla = space.counterpart(params, VANILLA).name if VANILLA in objectives and len(objectives) > 1 else None
+            features = "+".join(cfg.ehr.features) if cfg.ehr.fusion != "none" else None
+            return ArmsOf(arm.variant, cfg.ehr.fusion, features, arm.name, arm.context,
+                          space.counterpart(params).name, vanilla)
+        except ConfigError:
+            pass
+    variant = recorded or variant_of(params, info.base)
+    fusion, _, features = variant.partition(":")
+    objective = params.get("objective.name")
+    setting = (("objective.name", objective),) if objective not in (None, INACTIVE) else ()
+    arm = Arm(variant, setting)
+    return ArmsOf(variant, fusion, features or None, arm.name, arm.context, Arm("none", setting).name, None)
 
 
 def _probe_value(probe: dict[str, Any] | None, split: str) -> float:
@@ -354,13 +347,13 @@ def _trial_row(rec: TrialRecord, info: ExperimentInfo, last: int) -> dict[str, A
     status, reason = status_of(rec, last, info.scheduler)
     epoch = rec.epoch
     result = rec.results.get(epoch) or {}
-    variant = str(result.get("variant") or variant_of(rec.params, info.base))
-    fusion, _, features = variant.partition(":")
+    arms = arms_of(rec.params, result.get("variant"), info)
     val = _probe_value(rec.probes.get(epoch), "val")
     seed = rec.params.get(SEED_KEY, info.base.get(SEED_KEY))
     return {
-        "trial": rec.trial, "status": status, "stop_reason": reason, "variant": variant, "fusion": fusion,
-        "features": features or math.nan, "seed": math.nan if seed in (None, INACTIVE) else int(seed),
+        "trial": rec.trial, "status": status, "stop_reason": reason, "variant": arms.variant, "arm": arms.arm,
+        "context": arms.context, "ehr_free_arm": arms.ehr_free, "vanilla_arm": arms.vanilla, "fusion": arms.fusion,
+        "features": arms.features or math.nan, "seed": math.nan if seed in (None, INACTIVE) else int(seed),
         "epoch": epoch, "max_epoch": last, **_compute(rec, epoch),
         "val_auroc": float(result["val_auroc"]) if math.isnan(val) and result.get("val_auroc") is not None else val,
         "test_auroc": _probe_value(rec.probes.get(epoch), "test"), "has_scores": epoch in rec.npz,
@@ -368,43 +361,6 @@ def _trial_row(rec: TrialRecord, info: ExperimentInfo, last: int) -> dict[str, A
         **{k: math.nan if v == INACTIVE else v for k, v in rec.params.items()},
         **_per_label(rec.probes.get(epoch), "test"),
     }
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def context_keys(trials: pd.DataFrame, info: ExperimentInfo) -> tuple[list[str], list[str]]:
-    """(extra EHR keys, other keys) that split variants into separate arms.
-
-    In a grid, every discrete axis besides fusion, features and the seed that takes several values
-    is a separate arm (e.g. the backbone): variants are compared with the baseline of the same
-    setting. EHR keys (``ehr.embed_dim``) refine the variant; others form its context. In an
-    Optuna/random search the other axes are tuned, not compared, so they are pooled - except the
-    objective (``ARM_KEYS``), which is always part of the arm: objectives are never mixed into one.
-    """
-    always = [k for k in ARM_KEYS if k in trials and trials[k].astype(str).nunique() > 1]
-    if info.search not in ("grid", "?"):
-        return [], always  # the objective is compared, never pooled
-    axes = [a.key for a in info.axes if a.discrete] if info.axes else [
-        c for c in trials.columns if "." in c and "/" not in c]
-    keys = [k for k in axes if k not in (*EHR_KEYS, SEED_KEY, *always) and k in trials
-            and trials[k].astype(str).nunique() > 1]
-    return [k for k in keys if k.startswith("ehr.")], always + [k for k in keys if not k.startswith("ehr.")]
-
-
-def assign_arms(trials: pd.DataFrame, info: ExperimentInfo) -> pd.DataFrame:
-    """Add ``context`` (the non-EHR setting) and ``arm`` (variant + its setting): what is ranked."""
-    extra, context = context_keys(trials, info)
-
-    def describe(row: pd.Series, keys: list[str]) -> str:
-        return ", ".join(f"{k}={_fmt(row[k])}" for k in keys if not pd.isna(row[k]))
-
-    out = trials.copy()
-    out["context"] = [describe(r, context) for _, r in out.iterrows()] if len(out) else []
-    settings = [describe(r, extra + context) for _, r in out.iterrows()] if len(out) else []
-    out["arm"] = [f"{v} [{s}]" if s else v for v, s in zip(out["variant"], settings)]
-    return out
 
 
 def load_records(experiment: Path) -> tuple[ExperimentInfo, list[TrialRecord], pd.DataFrame, list[str]]:
@@ -416,7 +372,7 @@ def load_records(experiment: Path) -> tuple[ExperimentInfo, list[TrialRecord], p
     trials = pd.DataFrame([_trial_row(r, info, last) for r in records])
     label_cols = sorted(c for c in trials if c.startswith("test_auroc/"))
     trials = trials[[c for c in trials if not c.startswith("test_auroc/")] + label_cols]
-    return info, records, assign_arms(trials, info), list(info.notes) + notes
+    return info, records, trials, list(info.notes) + notes
 
 
 def load_trials(experiment: Path) -> pd.DataFrame:

@@ -21,11 +21,12 @@ import pandas as pd
 
 from analysis import plots
 from analysis.load import COMPLETED, STOPPED_EARLY, UNFINISHED, TrialRecord, curves_from, load_records, read_scores
-from analysis.report_text import Findings, interval, num, report_markdown
+from analysis.report_text import VERSUS, Findings, interval, num, report_markdown
 from analysis.stats import ScoreBank, build_bank, compare_arms, needed_scores
 from mmsn.errors import ConfigError
 
 METRICS = {"test_auroc": "test macro AUROC", "val_auroc": "val macro AUROC"}
+EHR_FREE = "ehr=none"  # the default baseline: each arm's own EHR-free counterpart
 RANKED = (COMPLETED, STOPPED_EARLY, UNFINISHED)  # failed trials are reported, not ranked
 BASELINE_ALIASES = {"fusion": "fusion", "ehr.fusion": "fusion", "features": "features", "ehr.features": "features"}
 FIGURES = {"ranking": "ranking.png", "curves": "val_curves.png", "labels": "per_label_diff.png",
@@ -45,10 +46,21 @@ class AnalysisResult:
     notes: tuple[str, ...] = ()
 
 
+def counterparts(ranked: pd.DataFrame, column: str) -> dict[str, str | None]:
+    """arm -> the arm named in ``column`` (ehr_free_arm, vanilla_arm) when that arm has ranked trials."""
+    arms = set(ranked["arm"])
+    pairs = ranked.drop_duplicates("arm").set_index("arm")[column]
+    return {arm: base if isinstance(base, str) and base in arms else None for arm, base in pairs.items()}
+
+
 def resolve_baseline(trials: pd.DataFrame, ranked: pd.DataFrame, spec: str) -> dict[str, str | None]:
-    """arm -> its baseline arm (same context), from ``fusion=none``, ``features=...``, ``variant=...``,
-    any ``hyper.parameter=value`` or a full variant/arm name. Raises ConfigError if ``spec`` matches
-    no trial at all or several arms of one context."""
+    """arm -> its baseline arm. ``ehr=none`` (the default): the same setting without EHR input or
+    target (search_spaces.loader.Space.counterpart: mrm_ehr against mae, msn_supcon against msn,
+    supcon_ehr against SupCon with each image its own class). Otherwise a baseline in the same
+    context from ``fusion=none``, ``features=...``, ``variant=...``, any ``hyper.parameter=value`` or a
+    full variant/arm name. Raises ConfigError if ``spec`` matches no trial or several arms of one context."""
+    if spec == EHR_FREE:
+        return counterparts(ranked, "ehr_free_arm")
     key, sep, value = spec.partition("=")
     if sep:
         column = BASELINE_ALIASES.get(key.strip(), key.strip())
@@ -159,11 +171,24 @@ def _status_counts(ranking: pd.DataFrame, ranked: pd.DataFrame) -> pd.DataFrame:
         {"n_stopped_early": 0, "n_unfinished": 0}).astype({"n_stopped_early": int, "n_unfinished": int})
 
 
+VERSUS_COLUMNS = ("baseline", "diff", "diff_lo", "diff_hi", "p_holm", "verdict", "test_method")
+
+
+def _side_by_side(ranking: pd.DataFrame, versus: pd.DataFrame) -> pd.DataFrame:
+    """The ranking with each arm's comparison to vanilla MSN beside the one to its EHR-free counterpart."""
+    if versus.empty:
+        return ranking
+    extra = versus.set_index("arm")[list(VERSUS_COLUMNS)].add_prefix(VERSUS)
+    return ranking.merge(extra, left_on="arm", right_index=True, how="left")
+
+
 def _compare(records: list[TrialRecord], trials: pd.DataFrame, curves: pd.DataFrame, metric: str, baseline: str,
              n_boot: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """(ranking, per-label differences, notes): the statistics on the trials that can be ranked."""
+    """(ranking, per-label differences, notes): the statistics on the trials that can be ranked. When the
+    sweep compares objectives, each arm is also tested against vanilla MSN (its own Holm family)."""
     ranked = trials[trials["status"].isin(RANKED) & (trials["epoch"] > 0)]
     baseline_of = resolve_baseline(trials, ranked, baseline)
+    vanilla_of = counterparts(ranked, "vanilla_arm") if ranked["vanilla_arm"].notna().any() else {}
     evals, label_columns = _evals(curves, ranked, metric)
     notes: list[str] = []
     if ranked.empty or evals.empty:
@@ -173,12 +198,14 @@ def _compare(records: list[TrialRecord], trials: pd.DataFrame, curves: pd.DataFr
         notes.append(f"baseline `{baseline}` has no ranked trial in some settings: those arms are not tested")
     bank = None
     if metric == "test_auroc" and not evals.empty:
-        bank, more = _bank(records, needed_scores(evals, baseline_of), n_boot, seed)
+        needed = needed_scores(evals, baseline_of) | needed_scores(evals, vanilla_of)
+        bank, more = _bank(records, needed, n_boot, seed)
         notes += more
     elif metric == "val_auroc":
         notes.append("val_auroc: per-image val scores are not saved, so the seed-level analysis is used")
     ranking, per_label = compare_arms(evals, baseline_of, bank, label_columns, seed)
-    return _status_counts(ranking, ranked), per_label, notes
+    versus = compare_arms(evals, vanilla_of, bank, label_columns, seed)[0] if vanilla_of else pd.DataFrame()
+    return _side_by_side(_status_counts(ranking, ranked), versus), per_label, notes
 
 
 def _write_all(tmp: Path, findings: Findings, curves: pd.DataFrame, metric: str) -> None:
@@ -194,7 +221,7 @@ def _write_all(tmp: Path, findings: Findings, curves: pd.DataFrame, metric: str)
     (tmp / "report.md").write_text(report_markdown(f))
 
 
-def analyze(experiment: Path, out: Path | None = None, metric: str = "test_auroc", baseline: str = "fusion=none",
+def analyze(experiment: Path, out: Path | None = None, metric: str = "test_auroc", baseline: str = EHR_FREE,
             n_boot: int = 1000, seed: int = 0) -> AnalysisResult:
     """Rank the experiment's EHR variants against ``baseline`` and write the report into ``out``
     (default ``EXPERIMENT_DIR/analysis``): report.md, ranking.csv, per_label.csv, trials.parquet
@@ -215,7 +242,8 @@ def analyze(experiment: Path, out: Path | None = None, metric: str = "test_auroc
 
 
 def format_ranking(ranking: pd.DataFrame) -> str:
-    """A compact text table of the ranking for the terminal."""
+    """A compact text table of the ranking for the terminal: diff is to each arm's baseline (by default
+    its EHR-free counterpart), and to vanilla MSN when the sweep compares objectives."""
     if ranking.empty:
         return "(nothing ranked yet)"
     table = pd.DataFrame({
@@ -224,4 +252,9 @@ def format_ranking(ranking: pd.DataFrame) -> str:
         "diff [95% CI]": [interval(*v, spec="+.4f") for v in zip(ranking["diff"], ranking["diff_lo"],
                                                                  ranking["diff_hi"])],
         "p_holm": [num(p, ".3g") for p in ranking["p_holm"]], "verdict": ranking["verdict"]})
+    if f"{VERSUS}verdict" in ranking:
+        table["vs vanilla MSN [95% CI]"] = [interval(*v, spec="+.4f") for v in zip(
+            ranking[f"{VERSUS}diff"], ranking[f"{VERSUS}diff_lo"], ranking[f"{VERSUS}diff_hi"])]
+        table["p_holm vs MSN"] = [num(p, ".3g") for p in ranking[f"{VERSUS}p_holm"]]
+        table["verdict vs MSN"] = ranking[f"{VERSUS}verdict"]
     return table.to_string(index=False)

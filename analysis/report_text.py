@@ -73,7 +73,7 @@ def _space(f: Findings) -> str:
     if not info.axes:
         return "## Search space\n\n_(space.yaml not available)_\n"
     rows = pd.DataFrame([{"axis": a.key, "kind": a.kind, "values": ", ".join(map(str, a.values)),
-                          "only when": "; ".join(f"{k} in {', '.join(map(str, v))}" for k, v in a.when.items())}
+                          "only when": "; ".join(f"{k} in {', '.join(map(str, v))}" for k, v in a.when)}
                          for a in info.axes])
     seeds = ", ".join(map(str, info.seeds)) or "?"
     return f"## Search space\n\n{md_table(rows)}\nSeeds (`train.seed`): {seeds}.\n"
@@ -92,8 +92,46 @@ def _ranking(f: Findings) -> str:
         "p (Holm)": [num(p, ".3g") for p in r["p_holm"]], "verdict": r["verdict"],
         "method": [m or c for m, c in zip(r["test_method"], r["ci_method"])]})
     return (f"## Ranking\n\nArms sorted by mean {f.metric_label} over seeds (each trial at the last milestone it "
-            f"reached: see *epochs*). Differences are to the baseline of the same setting, at the latest milestone "
+            f"reached: see *epochs*). Differences are to {_baseline_words(f.baseline)}, at the latest milestone "
             f"both reached.\n\n{md_table(table)}")
+
+
+def _baseline_words(baseline: str) -> str:
+    if baseline == "ehr=none":
+        return ("the same setting without EHR input or target (`ehr=none`: mrm_ehr against mae, msn_supcon "
+                "against msn, supcon_ehr against SupCon with each image its own class)")
+    return f"the baseline `{baseline}` of the same setting"
+
+
+VERSUS = "vs_msn_"  # prefix of the objectives-vs-vanilla-MSN columns of the ranking (analysis.report)
+
+
+def _tested(r: pd.DataFrame, prefix: str, verdict: str) -> str:
+    return ", ".join(r.loc[r[f"{prefix}verdict"] == verdict, "arm"]) or "none"
+
+
+def _two_questions(f: Findings) -> str:
+    """Each arm against its own EHR-free counterpart and against vanilla MSN, one row per arm."""
+    r = f.ranking
+    if r.empty or f"{VERSUS}verdict" not in r:
+        return ""
+    table = pd.DataFrame({
+        "arm": r["arm"], f"{f.metric_label} [95% CI]": [interval(*v) for v in zip(r["mean"], r["ci_lo"], r["ci_hi"])],
+        "without EHR": [b if b != a else "(itself)" for a, b in zip(r["arm"], r["baseline"].fillna("-"))],
+        "EHR's effect [95% CI]": [interval(*v, spec="+.4f") for v in zip(r["diff"], r["diff_lo"], r["diff_hi"])],
+        "p (Holm)": [num(p, ".3g") for p in r["p_holm"]], "verdict": r["verdict"],
+        "vs vanilla MSN [95% CI]": [interval(*v, spec="+.4f") for v in zip(
+            r[f"{VERSUS}diff"], r[f"{VERSUS}diff_lo"], r[f"{VERSUS}diff_hi"])],
+        "p (Holm) vs MSN": [num(p, ".3g") for p in r[f"{VERSUS}p_holm"]], "verdict vs MSN": r[f"{VERSUS}verdict"]})
+    return ("## Two questions side by side\n\n"
+            "**Does each objective's use of the EHR help it?** Each arm against the same setting without EHR "
+            "input or target (mrm_ehr against mae, msn_supcon against msn, supcon_ehr against SupCon with each "
+            "image its own class, a fused arm against the same objective unfused). **Is any objective better "
+            "than vanilla MSN?** Each arm against MSN without EHR. Paired over seeds on the same test images; "
+            "Holm's correction runs within each question.\n\n"
+            f"- EHR helps: {_tested(r, '', BETTER)}; EHR hurts: {_tested(r, '', WORSE)}.\n"
+            f"- Better than vanilla MSN: {_tested(r, VERSUS, BETTER)}; worse: {_tested(r, VERSUS, WORSE)}.\n\n"
+            + md_table(table))
 
 
 def _how(row: Any) -> str:
@@ -247,6 +285,6 @@ def method_text(n_boot: int, seed: int, methods: set[str]) -> str:
 
 def report_markdown(f: Findings) -> str:
     methods = set(f.ranking["test_method"]) | set(f.ranking["ci_method"]) if not f.ranking.empty else set()
-    sections = [_header(f), _space(f), _ranking(f), _verdicts(f), _figures(f), _labels(f), _stopped(f),
-                _compute(f), _missing(f), method_text(f.n_boot, f.seed, methods)]
+    sections = [_header(f), _space(f), _ranking(f), _two_questions(f), _verdicts(f), _figures(f), _labels(f),
+                _stopped(f), _compute(f), _missing(f), method_text(f.n_boot, f.seed, methods)]
     return "\n".join(s for s in sections if s)

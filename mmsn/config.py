@@ -362,6 +362,20 @@ OBJECTIVE_SECTIONS: dict[str, tuple[str, ...]] = {
 # objectives that read EHR targets (record fields, pseudo-labels) from the cache, independently of ehr.fusion
 EHR_TARGET_OBJECTIVES = ("mrm_ehr", "supcon_ehr", "msn_supcon")
 
+# What a run of each EHR-target objective becomes without any EHR (besides ehr.fusion none): its EHR-free
+# relative, against which the analysis measures what the EHR adds. mrm_ehr is MAE plus the record target;
+# msn_supcon is MSN plus SupCon; supcon_ehr with each image its own class is SimCLR's positive rule.
+EHR_FREE: dict[str, dict[str, Any]] = {
+    "mrm_ehr": {"objective.name": "mae"},
+    "supcon_ehr": {"supcon.labels": ["image"]},
+    "msn_supcon": {"objective.name": "msn"},
+}
+
+
+def ehr_free_overrides(objective: str) -> dict[str, Any]:
+    """Dotted overrides that turn a run of ``objective`` into the same run without EHR input or target."""
+    return {"ehr.fusion": "none", **EHR_FREE.get(objective, {})}
+
 # Keys written before objectives were a config axis (loss.*, optim.ema_*) -> their place in MSN's section.
 # Old YAML files, --set overrides, spaces and run directories keep loading; the old key wins when both appear.
 LEGACY_KEYS: dict[str, str] = {
@@ -553,6 +567,7 @@ __all__ = [
     "OBJECTIVE_SECTIONS",
     "Config",
     "DINOConfig",
+    "EHR_FREE",
     "EHR_TARGET_OBJECTIVES",
     "MAEConfig",
     "MRMConfig",
@@ -571,6 +586,7 @@ __all__ = [
     "ViewsConfig",
     "canonical_key",
     "check_objective_keys",
+    "ehr_free_overrides",
     "coerce",
     "flat_fields",
     "flat_keys",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,12 @@ from typing import Any
 import yaml
 
 from mmsn.config import (
+    OBJECTIVE_SECTIONS,
     Config,
     canonical_key,
     check_objective_keys,
     coerce,
+    ehr_free_overrides,
     flat_fields,
     from_dict,
     load_config,
@@ -39,6 +41,10 @@ SCHEDULERS = ("fifo", "asha", "hyperband", "pbt")
 ALGORITHMS = ("grid", "optuna", "random")
 METRICS = ("val_auroc",)
 INACTIVE = "-"  # value of a conditional axis that does not apply to a trial (e.g. features when fusion=none)
+SEED_KEY = "train.seed"
+# The keys variant_name describes (a trial's EHR use): they make an arm's variant, not its setting.
+VARIANT_KEYS = ("ehr.fusion", "ehr.features", "mrm.features", "supcon.labels")
+ALWAYS_ARM_KEYS = ("objective.name",)  # compared, never pooled, whatever the search algorithm
 TOP_KEYS = {"name", "description", "base", "data", "axes", "seeds", "search", "scheduler", "metric",
             "resources", "budget", "smoke"}
 
@@ -130,6 +136,29 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class Arm:
+    """What the analysis ranks: a trial's EHR use (variant_name) within a setting of the other searched
+    keys (Space.arm_keys), e.g. ``concat_anchor:demographic [objective.name=msn]``."""
+
+    variant: str
+    setting: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def name(self) -> str:
+        text = _describe(self.setting)
+        return f"{self.variant} [{text}]" if text else self.variant
+
+    @property
+    def context(self) -> str:
+        """The setting without EHR refinements: where an explicitly named baseline is looked for."""
+        return _describe([(k, v) for k, v in self.setting if not k.startswith("ehr.")])
+
+
+def _describe(pairs: Iterable[tuple[str, Any]]) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in pairs)
+
+
+@dataclass(frozen=True)
 class Space:
     name: str
     path: Path
@@ -155,6 +184,47 @@ class Space:
     @property
     def epochs(self) -> int:
         return self.scheduler.milestones[-1]
+
+    def arm_keys(self) -> tuple[str, ...]:
+        """Searched keys besides the EHR use whose values make separate arms, never the seed. In a grid,
+        every axis with several values (EHR refinements such as ``ehr.embed_dim`` first); under optuna or
+        random search the other axes are tuned, so pooled, except the objective (ALWAYS_ARM_KEYS)."""
+        keys = [a.key for a in self.axes if a.key not in (*VARIANT_KEYS, SEED_KEY) and len(a.values) > 1
+                and a.kind in ("choice", "grid")]
+        if self.search.algorithm != "grid":
+            keys = [k for k in keys if k in ALWAYS_ARM_KEYS]
+        return tuple(sorted(keys, key=lambda k: (not k.startswith("ehr."), k not in ALWAYS_ARM_KEYS)))
+
+    def arm(self, params: Mapping[str, Any]) -> Arm:
+        """The arm of a trial with these params (as Tune carries them: encoded, ``-`` when inactive)."""
+        active = {k: v for k, v in params.items() if v != INACTIVE}
+        return Arm(variant_name(self.config(active)), tuple((k, active[k]) for k in self.arm_keys() if k in active))
+
+    def counterpart(self, params: Mapping[str, Any], objective: str | None = None) -> Arm:
+        """The arm of the same setting with no EHR input or target (mmsn.config.ehr_free_overrides), run
+        with ``objective`` if given (the analysis's vanilla-MSN reference): what an EHR use is measured
+        against. mrm_ehr's counterpart is mae, msn_supcon's msn, supcon_ehr's the image as its own class."""
+        moved = {k: v for k, v in params.items() if v != INACTIVE}
+        if objective is not None:
+            moved["objective.name"] = objective
+        name = str(moved.get("objective.name", self.base.objective.name))
+        moved.update({k: encode_value(v) for k, v in ehr_free_overrides(name).items()})
+        return self.arm(self._prune(moved))
+
+    def _prune(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Drop what no longer applies after a change of objective or fusion: keys of sections the
+        objective does not read and conditional axes whose condition fails."""
+        name = str(params.get("objective.name", self.base.objective.name))
+        foreign = {s for sections in OBJECTIVE_SECTIONS.values() for s in sections} - set(OBJECTIVE_SECTIONS[name])
+        out = {k: v for k, v in params.items() if k.split(".")[0] not in foreign}
+        for axis in self.axes:
+            if axis.key in out and not axis.active(out):
+                del out[axis.key]
+        return out
+
+    def expected_trials(self) -> int | None:
+        """How many trials a grid sweep creates (grid points x seeds x repeats); None for other searches."""
+        return len(grid_points(self)) * self.search.num_samples if self.search.algorithm == "grid" else None
 
     def config(self, params: Mapping[str, Any]) -> Config:
         """The trial config: base + axis values (+ ``train.seed``); errors name the key and the file.
@@ -403,4 +473,5 @@ def shipped_spaces() -> list[Path]:
     return sorted(HERE.glob("*.yaml"))
 
 
-__all__ = ["Axis", "Space", "grid_points", "load_space", "shipped_spaces", "suggest", "variant_name"]
+__all__ = ["Arm", "Axis", "Space", "VARIANT_KEYS", "grid_points", "load_space", "shipped_spaces", "suggest",
+           "variant_name"]

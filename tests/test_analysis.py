@@ -17,7 +17,7 @@ from scipy.stats import rankdata
 
 from analysis import stats
 from analysis.cli import main as cli_main
-from analysis.load import ExperimentInfo, assign_arms, error_summary, load_curves, load_scores, load_trials
+from analysis.load import ExperimentInfo, arms_of, error_summary, load_curves, load_scores, load_trials, read_info
 from analysis.plots import pareto_front
 from analysis.report import analyze, format_ranking, resolve_baseline
 from mmsn import metrics
@@ -185,9 +185,10 @@ def _probe(y: np.ndarray, scores: np.ndarray, split: str) -> dict[str, object]:
 
 
 def _write_trial(exp: Path, i: int, spec: tuple, y: np.ndarray, y_val: np.ndarray) -> tuple[str, str]:
-    fusion, features, seed, status, epochs, signal, no_npz = spec
+    fusion, features, seed, status, epochs, signal, no_npz, *objective = spec
     trial_id = f"abcde_{i:05d}"
-    config = {"ehr.fusion": fusion, "ehr.features": features, "train.seed": seed}
+    config = {"ehr.fusion": fusion, "ehr.features": features, "train.seed": seed,
+              **({"objective.name": objective[0]} if objective else {})}
     variant = "none" if fusion == "none" else f"{fusion}:{features}"
     name = f"msn_trial_{trial_id}_{i}_params=ehr_fusion_{fusion}_train_seed_{seed}_2026-01-01_00-00-{i:02d}"
     rng = np.random.default_rng(100 + i)
@@ -216,7 +217,7 @@ def _write_trial(exp: Path, i: int, spec: tuple, y: np.ndarray, y_val: np.ndarra
     return json.dumps(trial), json.dumps(runtime)
 
 
-def make_experiment(root: Path, specs: list[tuple] = FAKE_TRIALS) -> Path:
+def make_experiment(root: Path, specs: list[tuple] = FAKE_TRIALS, space: str = SPACE_YAML) -> Path:
     """By default 12 trials: planted better (film:demographic) and worse (concat_anchor:scan)
     variants, a null one whose seed-1 npz is missing, a stopped and a running trial, a failed and a
     pending one."""
@@ -225,7 +226,7 @@ def make_experiment(root: Path, specs: list[tuple] = FAKE_TRIALS) -> Path:
     (exp / "sweep.json").write_text(json.dumps({"space": "/x/fake.yaml", "name": "fake", "smoke": False,
                                                 "cache": "/data/cache/mimic", "metric": "val_auroc",
                                                 "mode": "max", "milestones": [1, 2]}))
-    (exp / "space.yaml").write_text(SPACE_YAML)
+    (exp / "space.yaml").write_text(space)
     rng = np.random.default_rng(7)
     y, y_val = targets(rng), targets(rng, 200)
     data = [_write_trial(exp, i, spec, y, y_val) for i, spec in enumerate(specs)]
@@ -373,30 +374,88 @@ def test_an_experiment_where_everything_failed_still_gets_a_report(tmp_path: Pat
     assert "nothing to rank" in result.report.read_text() and (exp / "analysis" / "ranking.png").exists()
 
 
-def _info(search: str, axes: tuple = ()) -> ExperimentInfo:
-    return ExperimentInfo(Path("x"), "x", "", "val_auroc", (1,), "fifo", search, axes, (0,), 1, False, {})
+def _space(tmp_path: Path, axes: str, search: str) -> ExperimentInfo:
+    """The ExperimentInfo of an experiment whose space has these axes (the loader defines the arms)."""
+    text = f"base: {{config: quickstart}}\naxes:\n{axes}\nsearch: {{algorithm: {search}}}\n"
+    (tmp_path / "space.yaml").write_text(text)
+    return read_info(tmp_path)
 
 
-def test_grid_axes_beyond_ehr_split_arms_but_tuned_axes_are_pooled() -> None:
-    from analysis.load import Axis
+def test_grid_axes_beyond_ehr_split_arms_but_tuned_axes_are_pooled(tmp_path: Path) -> None:
+    axes = ("  ehr.fusion: {choice: [none, film]}\n  model.backbone: {choice: [vit_nano, vit_micro]}\n"
+            "  optim.lr: {choice: [1.0e-3, 2.0e-3]}\n")
+    params = [{"ehr.fusion": f, "model.backbone": b, "optim.lr": lr}
+              for b, lr in (("vit_nano", 1e-3), ("vit_micro", 2e-3)) for f in ("none", "film")]
+    info = _space(tmp_path, axes, "grid")
+    grid = [arms_of(p, None, info) for p in params]
+    nano, micro = "model.backbone=vit_nano, optim.lr=0.001", "model.backbone=vit_micro, optim.lr=0.002"
+    assert [a.arm for a in grid] == [f"none [{nano}]", f"film:demographic [{nano}]", f"none [{micro}]",
+                                     f"film:demographic [{micro}]"]
+    assert [a.context for a in grid[:2]] == [nano] * 2
+    assert [a.ehr_free for a in grid] == [grid[0].arm, grid[0].arm, grid[2].arm, grid[2].arm]
+    assert [a.vanilla for a in grid] == [None] * 4  # one objective: no objectives-vs-MSN question
+    tuned = _space(tmp_path, axes, "optuna")
+    assert [arms_of(p, None, tuned).arm for p in params] == ["none", "film:demographic"] * 2
 
-    trials = pd.DataFrame({"variant": ["none", "film:age"] * 2, "model.backbone": ["t", "t", "s", "s"],
-                           "optim.lr": [1e-3, 2e-3, 3e-3, 4e-3]})
-    axes = (Axis("model.backbone", "grid", ("t", "s")), Axis("optim.lr", "loguniform", (1e-4, 1e-2)))
-    grid = assign_arms(trials, _info("grid", axes))
-    assert grid["arm"].tolist() == ["none [model.backbone=t]", "film:age [model.backbone=t]",
-                                    "none [model.backbone=s]", "film:age [model.backbone=s]"]
-    assert grid["context"].tolist() == ["model.backbone=t"] * 2 + ["model.backbone=s"] * 2
-    assert assign_arms(trials, _info("optuna", axes))["arm"].tolist() == trials["variant"].tolist()
+
+def test_objectives_are_never_pooled_even_by_a_tuned_search(tmp_path: Path) -> None:
+    axes = ("  objective.name: {choice: [msn, dino]}\n  ehr.fusion: {choice: [none, concat_anchor]}\n"
+            "  optim.lr: {loguniform: [1.0e-4, 1.0e-2]}\n")
+    params = [{"objective.name": o, "ehr.fusion": f, "optim.lr": lr}
+              for o, lr in (("msn", 1e-3), ("dino", 3e-3)) for f in ("none", "concat_anchor")]
+    for search in ("optuna", "random"):
+        info = _space(tmp_path, axes, search)
+        arms = [arms_of(p, None, info) for p in params]
+        assert [a.arm for a in arms] == [f"{v} [objective.name={o}]" for o in ("msn", "dino")
+                                         for v in ("none", "concat_anchor:demographic")]
+        assert {a.vanilla for a in arms} == {"none [objective.name=msn]"}
 
 
-def test_objectives_are_never_pooled_even_by_a_tuned_search() -> None:
-    from analysis.load import Axis
+def test_ehr_targets_are_measured_against_their_ehr_free_relatives(tmp_path: Path) -> None:
+    """mrm_ehr against mae, msn_supcon against msn, supcon_ehr against SupCon with image labels."""
+    (tmp_path / "space.yaml").write_text(Path("search_spaces/objectives.yaml").read_text())
+    info = read_info(tmp_path)
+    cases = {"mrm_ehr": "none [objective.name=mae]", "msn_supcon": "none [objective.name=msn]",
+             "supcon_ehr": "none [objective.name=supcon_ehr]"}
+    for objective, counterpart in cases.items():
+        arm = arms_of({"objective.name": objective, "train.seed": 0}, None, info)
+        assert arm.ehr_free == counterpart and arm.vanilla == "none [objective.name=msn]"
+        assert arm.variant != "none" and arm.fusion == "none"
+    fused = arms_of({"objective.name": "mae", "ehr.fusion": "concat_anchor"}, None, info)
+    assert fused.arm == "concat_anchor:demographic [objective.name=mae]"
+    assert fused.ehr_free == "none [objective.name=mae]"
+    assert info.space is not None and info.space.expected_trials() == 28
 
-    trials = pd.DataFrame({"variant": ["none", "concat_anchor:age"] * 2,
-                           "objective.name": ["msn", "msn", "dino", "dino"], "optim.lr": [1e-3, 2e-3, 3e-3, 4e-3]})
-    axes = (Axis("objective.name", "choice", ("msn", "dino")), Axis("optim.lr", "loguniform", (1e-4, 1e-2)))
-    for search in ("optuna", "random", "grid"):
-        arms = assign_arms(trials, _info(search, axes))
-        assert arms["arm"].tolist() == ["none [objective.name=msn]", "concat_anchor:age [objective.name=msn]",
-                                        "none [objective.name=dino]", "concat_anchor:age [objective.name=dino]"]
+
+OBJECTIVES_YAML = """\
+name: fake-objectives
+description: Which objective, with which use of the EHR, is best? (planted effects)
+base: {config: quickstart, set: {ehr.fusion: none}}
+axes:
+  objective.name: {grid: [msn, dino, mae, mrm_ehr, msn_supcon]}
+  ehr.fusion: {grid: [none, concat_anchor], when: {objective.name: [msn]}}
+seeds: [0, 1]
+search: {algorithm: grid}
+scheduler: {type: fifo, milestones: [1, 2]}
+"""
+# objective, fusion, signal: mrm_ehr beats both mae (its EHR-free relative) and MSN; DINO trails MSN
+OBJECTIVE_TRIALS = [("msn", "none", 1.0), ("msn", "concat_anchor", 1.0), ("dino", "none", 0.5),
+                    ("mae", "none", 1.0), ("mrm_ehr", "none", 1.8), ("msn_supcon", "none", 1.0)]
+
+
+def test_report_answers_both_questions_side_by_side(tmp_path: Path) -> None:
+    specs = [(fusion, "demographic" if fusion != "none" else "-", seed, "TERMINATED", 2, signal, (), objective)
+             for objective, fusion, signal in OBJECTIVE_TRIALS for seed in (0, 1)]
+    result = analyze(make_experiment(tmp_path, specs, OBJECTIVES_YAML), n_boot=300)
+    rows = result.ranking.set_index("arm")
+    mrm, msn, mae = "record:all [objective.name=mrm_ehr]", "none [objective.name=msn]", "none [objective.name=mae]"
+    assert rows.loc[mrm, "baseline"] == mae and rows.loc[mrm, "verdict"] == "better"
+    assert rows.loc[mrm, "vs_msn_baseline"] == msn and rows.loc[mrm, "vs_msn_verdict"] == "better"
+    assert rows.loc["none [objective.name=dino]", "verdict"] == "baseline"  # dino is its own EHR-free arm
+    assert rows.loc["none [objective.name=dino]", "vs_msn_verdict"] == "worse"
+    assert rows.loc["labels:sex+age [objective.name=msn_supcon]", "baseline"] == msn
+    assert rows.loc[msn, "vs_msn_verdict"] == "baseline"
+    report = result.report.read_text()
+    assert "## Two questions side by side" in report and f"EHR helps: {mrm}" in report
+    assert "Better than vanilla MSN: " + mrm in report and "the grid has 12 trials" not in report
+    assert {"vs_msn_diff", "vs_msn_p_holm"} <= set(pd.read_csv(result.out / "ranking.csv").columns)

@@ -88,7 +88,7 @@ def test_asha_sweep_on_probe_auroc_with_two_workers_and_a_retried_worker(tmp_pat
         full = [*t.rglob("checkpoint.pt"), *(experiment / "train_runs").glob(f"{trial_id}-*/**/checkpoint.pt")]
         assert 1 <= len(full) <= 2, full
         assert sorted(p.name for p in (t / "encoders").glob("*.pth")) == [f"epoch_{e:03d}.pth" for e in rows["epoch"]]
-    assert "EHR variants ranked" in out and "best trial" in out
+    assert "Arms ranked by test macro AUROC" in out and "best trial" in out
     assert "Checkpoint successfully created" not in out and "Reporting training result" not in out  # quiet console
     assert sum("val AUROC" in line and "epoch" in line for line in out.splitlines()) >= len(trials)
     report = experiment / "analysis"  # the sweep's last step is `mmsn analyze`

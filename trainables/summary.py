@@ -27,6 +27,7 @@ def print_summary(results: Any, space: Space, experiment: Path) -> None:
     except MMSNError as err:  # the sweep's results stay valid even if the analysis cannot run
         print(f"analysis skipped: {err}")
         return
-    print("\nEHR variants ranked by test macro AUROC (paired to the vanilla MSN baseline):")
+    print("\nArms ranked by test macro AUROC (diff: paired to the same setting without EHR"
+          + (", and to vanilla MSN" if any(c.startswith("vs_msn_") for c in result.ranking) else "") + "):")
     print(format_ranking(result.ranking))
     print(f"\nreport: {result.report}\nexperiment: {experiment}\n  tensorboard --logdir {experiment}")
