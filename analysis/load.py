@@ -55,6 +55,7 @@ class ExperimentInfo:
     base: dict[str, Any]
     notes: tuple[str, ...] = ()
     space: Space | None = None
+    cache: str | None = None  # the sweep's cache directory, as sweep.json records it
 
 
 @dataclass
@@ -118,7 +119,7 @@ def read_info(experiment: Path) -> ExperimentInfo:
         search=space.search.algorithm if space else "?", axes=space.axes if space else (),
         seeds=space.seeds if space else (), num_samples=space.search.num_samples if space else 1,
         smoke=bool(sweep.get("smoke")), base=dict(space.base_overrides) if space else {}, notes=tuple(notes),
-        space=space)
+        space=space, cache=sweep.get("cache"))
 
 
 def expected_trials(info: ExperimentInfo) -> int | None:

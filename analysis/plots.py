@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from analysis.load import COMPLETED, FAILED, STOPPED_EARLY, UNFINISHED
-from analysis.stats import BASELINE, BETTER, INSUFFICIENT, NO_BASELINE, NO_EVIDENCE, WORSE
+from analysis.stats import BASELINE, BETTER, INSUFFICIENT, NO_BASELINE, NO_EVIDENCE, REFERENCE, WORSE
 
 VERDICT_STYLE = {  # verdict -> (colour, marker, legend text)
     BETTER: ("#1a9850", "o", "better than baseline"),
@@ -27,6 +27,7 @@ VERDICT_STYLE = {  # verdict -> (colour, marker, legend text)
     BASELINE: ("#2166ac", "D", "baseline"),
     INSUFFICIENT: ("#bababa", "s", "insufficient data"),
     NO_BASELINE: ("#9970ab", "s", "no baseline to compare with"),
+    REFERENCE: ("#e08214", "^", "reference (random init, raw pixels, EHR only)"),
 }
 END_MARKER = {COMPLETED: ("o", "completed"), STOPPED_EARLY: ("x", "stopped early by the scheduler"),
               FAILED: ("v", "failed"), UNFINISHED: (">", "still running / unfinished")}

@@ -20,9 +20,18 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots
-from analysis.load import COMPLETED, STOPPED_EARLY, UNFINISHED, TrialRecord, curves_from, load_records, read_scores
+from analysis.load import (
+    COMPLETED,
+    STOPPED_EARLY,
+    UNFINISHED,
+    ExperimentInfo,
+    TrialRecord,
+    curves_from,
+    load_records,
+    read_scores,
+)
 from analysis.report_text import VERSUS, Findings, interval, num, report_markdown
-from analysis.stats import ScoreBank, build_bank, compare_arms, needed_scores
+from analysis.stats import REFERENCE, ScoreBank, build_bank, compare_arms, needed_scores
 from mmsn.errors import ConfigError
 
 METRICS = {"test_auroc": "test macro AUROC", "val_auroc": "val macro AUROC"}
@@ -172,23 +181,61 @@ def _status_counts(ranking: pd.DataFrame, ranked: pd.DataFrame) -> pd.DataFrame:
 
 
 VERSUS_COLUMNS = ("baseline", "diff", "diff_lo", "diff_hi", "p_holm", "verdict", "test_method")
+REFERENCE_FAMILIES = {"vs_pixels_": "raw pixels", "vs_random_": "random init"}  # prefix -> reference arm
 
 
-def _side_by_side(ranking: pd.DataFrame, versus: pd.DataFrame) -> pd.DataFrame:
-    """The ranking with each arm's comparison to vanilla MSN beside the one to its EHR-free counterpart."""
-    if versus.empty:
-        return ranking
-    extra = versus.set_index("arm")[list(VERSUS_COLUMNS)].add_prefix(VERSUS)
-    return ranking.merge(extra, left_on="arm", right_index=True, how="left")
+def _side_by_side(ranking: pd.DataFrame, families: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The ranking with each arm's other comparisons (vanilla MSN, the references) beside the first."""
+    for prefix, versus in families.items():
+        if not versus.empty:
+            extra = versus.set_index("arm")[list(VERSUS_COLUMNS)].add_prefix(prefix)
+            ranking = ranking.merge(extra, left_on="arm", right_index=True, how="left")
+    return ranking
+
+
+def _reference_records(info: ExperimentInfo, compute: bool) -> tuple[list[TrialRecord], list[str]]:
+    """The reference probes (mmsn.references) of the sweep's cache, as records named ``reference:<slug>``:
+    computed into EXPERIMENT_DIR/references once (when the cache is here), else read from there."""
+    from mmsn import references
+
+    where, cache_dir, notes = info.path / "references", info.cache, []
+    found = references.read(where)
+    if compute and info.space is not None and cache_dir and (Path(cache_dir) / "meta.json").is_file():
+        import torch
+
+        from mmsn.data.cache import open_cache
+
+        found = references.ensure(where, open_cache(cache_dir), info.space.base, torch.device("cpu"))
+    elif compute and not found:
+        notes.append("no reference rows: the sweep's cache is not on this machine (or the space did not load); "
+                     "`mmsn reference CACHE --out EXPERIMENT_DIR/references` computes them")
+    records = [TrialRecord(f"reference:{references.REFERENCES[name]}", "TERMINATED", {"arm": name}, where,
+                           probes={0: payload}, npz={0: npz}) for name, (payload, npz) in found.items()]
+    return records, notes
+
+
+def _with_references(evals: pd.DataFrame, refs: list[TrialRecord], metric: str) -> pd.DataFrame:
+    """Reference rows at every evaluated epoch (the same scores), so any arm can be paired with them."""
+    split = metric.split("_")[0]
+    rows = []
+    for rec in refs:
+        probe = rec.probes[0]
+        per_label = {f"{metric}/{k}": v.get("auroc") for k, v in (probe[split].get("per_label") or {}).items()}
+        rows += [{"trial": rec.trial, "arm": rec.params["arm"], "seed": 0, "epoch": int(epoch),
+                  "value": probe[split]["macro_auroc"], **per_label}
+                 for epoch in sorted(evals["epoch"].unique())]
+        rec.npz = {int(e): rec.npz[0] for e in evals["epoch"].unique()} | rec.npz
+    return pd.concat([evals, pd.DataFrame(rows)], ignore_index=True) if rows else evals
 
 
 def _compare(records: list[TrialRecord], trials: pd.DataFrame, curves: pd.DataFrame, metric: str, baseline: str,
-             n_boot: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """(ranking, per-label differences, notes): the statistics on the trials that can be ranked. When the
-    sweep compares objectives, each arm is also tested against vanilla MSN (its own Holm family)."""
+             n_boot: int, seed: int, refs: list[TrialRecord]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(ranking, per-label differences, notes): the statistics on the trials that can be ranked, the
+    reference rows beside them. Besides each arm's baseline, each arm is tested against the raw-pixels
+    and random-init references and, when the sweep compares objectives, against vanilla MSN: each
+    question is its own Holm family."""
     ranked = trials[trials["status"].isin(RANKED) & (trials["epoch"] > 0)]
     baseline_of = resolve_baseline(trials, ranked, baseline)
-    vanilla_of = counterparts(ranked, "vanilla_arm") if ranked["vanilla_arm"].notna().any() else {}
     evals, label_columns = _evals(curves, ranked, metric)
     notes: list[str] = []
     if ranked.empty or evals.empty:
@@ -196,15 +243,21 @@ def _compare(records: list[TrialRecord], trials: pd.DataFrame, curves: pd.DataFr
                      "metric: nothing is ranked yet")
     if any(v is None for v in baseline_of.values()):
         notes.append(f"baseline `{baseline}` has no ranked trial in some settings: those arms are not tested")
+    evals = _with_references(evals, refs, metric) if not evals.empty else evals
+    names = {r.params["arm"] for r in refs}
+    families = {"vs_msn_": counterparts(ranked, "vanilla_arm") if ranked["vanilla_arm"].notna().any() else {}}
+    families |= {prefix: {arm: name for arm in baseline_of} for prefix, name in REFERENCE_FAMILIES.items()
+                 if name in names}
     bank = None
     if metric == "test_auroc" and not evals.empty:
-        needed = needed_scores(evals, baseline_of) | needed_scores(evals, vanilla_of)
-        bank, more = _bank(records, needed, n_boot, seed)
+        needed = set().union(*(needed_scores(evals, of) for of in (baseline_of, *families.values())))
+        bank, more = _bank(records + refs, needed, n_boot, seed)
         notes += more
     elif metric == "val_auroc":
         notes.append("val_auroc: per-image val scores are not saved, so the seed-level analysis is used")
     ranking, per_label = compare_arms(evals, baseline_of, bank, label_columns, seed)
-    versus = compare_arms(evals, vanilla_of, bank, label_columns, seed)[0] if vanilla_of else pd.DataFrame()
+    ranking.loc[ranking["arm"].isin(names), "verdict"] = REFERENCE
+    versus = {prefix: compare_arms(evals, of, bank, label_columns, seed)[0] for prefix, of in families.items() if of}
     return _side_by_side(_status_counts(ranking, ranked), versus), per_label, notes
 
 
@@ -222,16 +275,20 @@ def _write_all(tmp: Path, findings: Findings, curves: pd.DataFrame, metric: str)
 
 
 def analyze(experiment: Path, out: Path | None = None, metric: str = "test_auroc", baseline: str = EHR_FREE,
-            n_boot: int = 1000, seed: int = 0) -> AnalysisResult:
+            n_boot: int = 1000, seed: int = 0, references: bool = True) -> AnalysisResult:
     """Rank the experiment's EHR variants against ``baseline`` and write the report into ``out``
     (default ``EXPERIMENT_DIR/analysis``): report.md, ranking.csv, per_label.csv, trials.parquet
     and four PNGs. ``metric``: test_auroc (image+seed bootstrap where per-image scores exist) or
-    val_auroc (seed level). Raises MMSNError subclasses for a bad directory or argument."""
+    val_auroc (seed level). ``references``: compute the reference rows (mmsn.references: random init, raw
+    pixels, EHR only) into EXPERIMENT_DIR/references when the sweep's cache is here; they are shown
+    whenever they exist. Raises MMSNError subclasses for a bad directory or argument."""
     _check_args(metric, n_boot)
     experiment = Path(experiment)
     info, records, trials, notes = load_records(experiment)
     curves = curves_from(records, trials)
-    ranking, per_label, more = _compare(records, trials, curves, metric, baseline, n_boot, seed)
+    refs, ref_notes = _reference_records(info, references)
+    ranking, per_label, more = _compare(records, trials, curves, metric, baseline, n_boot, seed, refs)
+    more = ref_notes + more
     findings = Findings(info, trials, ranking, per_label, tuple(notes + more), metric, METRICS[metric], baseline,
                         n_boot, seed, dict(FIGURES))
     out = Path(out) if out is not None else experiment / "analysis"

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.load import FAILED, STOPPED_EARLY, UNFINISHED, ExperimentInfo, expected_trials
-from analysis.stats import BASELINE, BETTER, BOOTSTRAP, INSUFFICIENT, NO_BASELINE, SEEDS, WORSE
+from analysis.stats import BASELINE, BETTER, BOOTSTRAP, INSUFFICIENT, NO_BASELINE, REFERENCE, SEEDS, WORSE
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def _tested(r: pd.DataFrame, prefix: str, verdict: str) -> str:
 
 def _two_questions(f: Findings) -> str:
     """Each arm against its own EHR-free counterpart and against vanilla MSN, one row per arm."""
-    r = f.ranking
+    r = f.ranking[f.ranking["verdict"] != REFERENCE]
     if r.empty or f"{VERSUS}verdict" not in r:
         return ""
     table = pd.DataFrame({
@@ -134,6 +134,36 @@ def _two_questions(f: Findings) -> str:
             + md_table(table))
 
 
+REFERENCE_FAMILIES = (("vs_pixels_", "raw pixels"), ("vs_random_", "random init"))
+
+
+def _references(f: Findings) -> str:
+    """Where each arm stands against what needs no pretraining, on the same test images."""
+    r = f.ranking
+    refs = r[r["verdict"] == REFERENCE]
+    if r.empty:
+        return ""
+    if refs.empty:
+        return ("## Against the references\n\nNo reference rows (random init, raw pixels, EHR only) were "
+                "computed for this experiment: see the notes below.\n")
+    shown = [(p, name) for p, name in REFERENCE_FAMILIES if f"{p}verdict" in r]
+    arms = r[r["verdict"] != REFERENCE]
+    table = pd.DataFrame({"arm": arms["arm"], f"{f.metric_label} [95% CI]": [
+        interval(*v) for v in zip(arms["mean"], arms["ci_lo"], arms["ci_hi"])]})
+    for prefix, name in shown:
+        table[f"vs {name} [95% CI]"] = [interval(*v, spec="+.4f") for v in zip(
+            arms[f"{prefix}diff"], arms[f"{prefix}diff_lo"], arms[f"{prefix}diff_hi"])]
+        table[f"p (Holm) vs {name}"] = [num(p, ".3g") for p in arms[f"{prefix}p_holm"]]
+        table[f"verdict vs {name}"] = arms[f"{prefix}verdict"]
+    values = "; ".join(f"**{row.arm}** {interval(row.mean, row.ci_lo, row.ci_hi)}" for row in refs.itertuples())
+    beats = "".join(f"\n- Better than {name}: {_tested(arms, p, BETTER)}; worse: {_tested(arms, p, WORSE)}."
+                    for p, name in shown)
+    return ("## Against the references\n\nA representation is only worth ranking if its probe beats what needs no "
+            "pretraining. On the same test images, with the same bootstrap (mmsn.references): random init = the "
+            "same architecture untrained, raw pixels = the probe on the image pooled to 16 x 16, EHR only = the "
+            f"probe on every EHR column and no image. {values}.\n{beats}\n\n" + md_table(table))
+
+
 def _how(row: Any) -> str:
     pairing = (f"paired over {row.n_pairs} seed(s)" if row.paired
                else f"unpaired, {row.n_trials} trial(s) vs the baseline's")
@@ -147,6 +177,8 @@ def _verdict_sentence(row: Any, metric_label: str) -> str:
     p = f"Holm-adjusted p = {num(row.p_holm, '.3g')}"
     if row.verdict == BASELINE:
         return f"- **{row.arm}** is the baseline ({interval(row.mean, row.ci_lo, row.ci_hi)})."
+    if row.verdict == REFERENCE:
+        return f"- **{row.arm}** is a reference ({interval(row.mean, row.ci_lo, row.ci_hi)}; see above)."
     if row.verdict == NO_BASELINE:
         return f"- **{row.arm}**: no usable baseline trial in its setting, so it is not tested."
     if row.verdict == INSUFFICIENT and not row.compared_at_epoch:
@@ -237,7 +269,7 @@ def _missing(f: Findings) -> str:
     if expected is not None and expected != len(t):
         lines.append(f"- the grid has {expected} trials; {len(t)} were found")
     if info.seeds and not r.empty:
-        for row in r.itertuples():
+        for row in r[r["verdict"] != REFERENCE].itertuples():
             have = {int(s) for s in str(row.seeds).split(",") if s}
             lacking = [s for s in info.seeds if s not in have]
             if lacking:
@@ -285,6 +317,6 @@ def method_text(n_boot: int, seed: int, methods: set[str]) -> str:
 
 def report_markdown(f: Findings) -> str:
     methods = set(f.ranking["test_method"]) | set(f.ranking["ci_method"]) if not f.ranking.empty else set()
-    sections = [_header(f), _space(f), _ranking(f), _two_questions(f), _verdicts(f), _figures(f), _labels(f),
-                _stopped(f), _compute(f), _missing(f), method_text(f.n_boot, f.seed, methods)]
+    sections = [_header(f), _space(f), _ranking(f), _two_questions(f), _references(f), _verdicts(f), _figures(f),
+                _labels(f), _stopped(f), _compute(f), _missing(f), method_text(f.n_boot, f.seed, methods)]
     return "\n".join(s for s in sections if s)

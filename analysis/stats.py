@@ -32,6 +32,7 @@ from mmsn.metrics import resample_counts, weighted_auroc
 
 ALPHA = 0.05
 BASELINE, NO_BASELINE, INSUFFICIENT = "baseline", "no baseline", "insufficient data"
+REFERENCE = "reference"  # a reference row (random init, raw pixels, EHR only): shown, not tested
 BETTER, WORSE, NO_EVIDENCE = "better", "worse", "no evidence"
 BOOTSTRAP, SEEDS = "bootstrap", "seeds"
 RANKING_COLUMNS = ["rank", "arm", "n_trials", "seeds", "epochs", "mean", "ci_lo", "ci_hi", "ci_method", "baseline",

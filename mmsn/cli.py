@@ -1,4 +1,5 @@
-"""The ``mmsn`` command: ``data prepare|info``, ``pretrain``, ``probe`` (``sweep``, ``analyze``: trainables.cli).
+"""The ``mmsn`` command: ``data prepare|info``, ``pretrain``, ``probe``, ``reference`` (``sweep``, ``analyze``:
+trainables.cli).
 
 User errors (MMSNError) print one clear line to stderr and exit 2; nothing is half-written.
 """
@@ -112,7 +113,36 @@ def _probe(args: argparse.Namespace) -> None:
           f"[{result.macro_ci[0]:.4f}, {result.macro_ci[1]:.4f}] -> {args.out}")
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_data, _add_pretrain, _add_probe]
+def _add_reference(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reference", help="the reference probes a representation must beat: random init, raw "
+                                         "pixels, EHR only (on the cache's val and test splits)")
+    p.add_argument("cache", type=Path, help="cache directory")
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML config whose architecture, seed and probe are used (default: the quickstart)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="directory for <reference>.json and _test.npz (default: CACHE/references/<fingerprint>)")
+    p.set_defaults(func=_reference)
+
+
+def _reference(args: argparse.Namespace) -> None:
+    from mmsn import references
+    from mmsn.config import load_config
+    from mmsn.data.cache import open_cache
+    from mmsn.engine import resolve_device
+
+    cfg, cache = load_config(args.config, args.overrides), open_cache(args.cache)
+    out = args.out or args.cache / "references" / references.fingerprint(cache, cfg)
+    for name, (payload, _) in references.ensure(out, cache, cfg, resolve_device(cfg)).items():
+        val, test = payload["val"], payload["test"]
+        print(f"{name:12s} val {val['macro_auroc']:.4f}  test {test['macro_auroc']:.4f} "
+              f"[{test['macro_ci'][0]:.4f}, {test['macro_ci'][1]:.4f}]")
+    print(f"-> {out}")
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_data, _add_pretrain, _add_probe,
+                                                                 _add_reference]
 
 
 Adder = Callable[[argparse._SubParsersAction], None]

@@ -459,3 +459,61 @@ def test_report_answers_both_questions_side_by_side(tmp_path: Path) -> None:
     assert "## Two questions side by side" in report and f"EHR helps: {mrm}" in report
     assert "Better than vanilla MSN: " + mrm in report and "the grid has 12 trials" not in report
     assert {"vs_msn_diff", "vs_msn_p_holm"} <= set(pd.read_csv(result.out / "ranking.csv").columns)
+
+
+REFERENCE_SPACE = """\
+name: fake-refs
+description: Does fusion help, and does anything beat the references?
+base: {config: quickstart, set: {views.size: 32, views.focal_size: 16, model.backbone: vit_nano, probe.bootstrap: 50}}
+axes:
+  ehr.fusion: {choice: [none, concat_anchor]}
+seeds: [0, 1]
+search: {algorithm: grid}
+scheduler: {type: fifo, milestones: [1]}
+"""
+
+
+def test_reference_rows_are_computed_once_and_paired_with_the_arms(tmp_path: Path, synthetic_cache: Path) -> None:
+    """random init, raw pixels and EHR only on the sweep's real cache, same test images as the trials."""
+    from mmsn.data.cache import open_cache
+
+    cache = open_cache(synthetic_cache)
+    y = cache.label_matrix(cache.rows("test")).astype(np.int8)
+    strong = np.where(y.mean(0) > 0, 25.0, 0.0)  # far above any reference, on every label with positives
+    exp = tmp_path / "exp"
+    (exp / "references").mkdir(parents=True)
+    (exp / "space.yaml").write_text(REFERENCE_SPACE)
+    (exp / "sweep.json").write_text(json.dumps({"name": "fake-refs", "smoke": False, "cache": str(synthetic_cache),
+                                                "metric": "val_auroc", "milestones": [1]}))
+    rng = np.random.default_rng(0)
+    for i, (fusion, seed) in enumerate((f, s) for f in ("none", "concat_anchor") for s in (0, 1)):
+        trial = exp / f"trial_abcde_{i:05d}_{i}"
+        (trial / "probes").mkdir(parents=True)
+        scores = planted(rng, y, strong)
+        np.savez_compressed(trial / "probes" / "epoch_001_test.npz", scores=scores, targets=y)
+        probe = {"epoch": 1, "val": {"macro_auroc": 0.9}, "test": _probe_named(y, scores, cache.labels)}
+        (trial / "probes" / "epoch_001.json").write_text(json.dumps(probe))
+        config = {"ehr.fusion": fusion, "train.seed": seed}
+        (trial / "result.json").write_text(json.dumps({"epoch": 1, "val_auroc": 0.9, "config": config}) + "\n")
+    result = analyze(exp, n_boot=100)
+    rows = result.ranking.set_index("arm")
+    assert {"random init", "raw pixels", "EHR only"} <= set(rows.index)
+    assert set(rows.loc[["random init", "raw pixels", "EHR only"], "verdict"]) == {"reference"}
+    assert rows.loc["none", "vs_pixels_verdict"] == "better" and rows.loc["none", "vs_random_verdict"] == "better"
+    assert rows.loc["none", "vs_pixels_test_method"] == "bootstrap"  # paired image by image with the reference
+    assert 0.3 < rows.loc["raw pixels", "mean"] < 0.9 and rows.loc["concat_anchor:demographic", "baseline"] == "none"
+    stamps = {p.name: p.stat().st_mtime_ns for p in (exp / "references").iterdir()}
+    assert {"random_init.json", "raw_pixels_test.npz", "ehr_only.json"} <= set(stamps)
+    report = result.report.read_text()
+    line = next(ln for ln in report.splitlines() if ln.startswith("- Better than raw pixels: "))
+    assert "## Against the references" in report and {"none", "concat_anchor:demographic"} <= set(
+        line.split(": ", 1)[1].split("; ")[0].split(", "))
+    analyze(exp, n_boot=100)  # reused, not recomputed
+    assert {p.name: p.stat().st_mtime_ns for p in (exp / "references").iterdir()} == stamps
+
+
+def _probe_named(y: np.ndarray, scores: np.ndarray, labels: tuple[str, ...]) -> dict[str, object]:
+    per = {name: metrics.auroc(y[:, j], scores[:, j]) for j, name in enumerate(labels)}
+    values = [v for v in per.values() if not math.isnan(v)]
+    return {"macro_auroc": float(np.mean(values)),
+            "per_label": {k: {"auroc": None if math.isnan(v) else v} for k, v in per.items()}}

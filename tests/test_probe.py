@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,3 +214,30 @@ def test_one_fit_for_val_and_test_equals_separate_probes() -> None:
         alone = run_probe(x, y, ("a", "b", "c"), cfg, eval_split=split)
         assert both[split].macro_auroc == alone.macro_auroc and both[split].macro_ci == alone.macro_ci
         assert np.array_equal(both[split].scores, alone.scores)
+
+
+def test_reference_command_writes_the_three_references(synthetic_cache: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """``mmsn reference``: random init, raw pixels and EHR only on val and test; EHR only never looks at
+    an image; another architecture is another fingerprint (reuse is tested in test_analysis)."""
+    from mmsn import references
+    from mmsn.cli import main
+    from mmsn.config import load_config
+    from mmsn.data.cache import open_cache
+
+    tiny = ["--set", "views.size=32", "--set", "model.backbone=vit_nano", "--set", "probe.bootstrap=20"]
+    assert main(["reference", str(synthetic_cache), "--out", str(tmp_path / "refs"), *tiny]) == 0
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in ("random init", "raw pixels", "EHR only"))
+    found = references.read(tmp_path / "refs")
+    assert set(found) == set(references.REFERENCES)
+    cache = open_cache(synthetic_cache)
+    for payload, npz in found.values():
+        assert {"val", "test"} <= set(payload) and 0.0 <= payload["test"]["macro_auroc"] <= 1.0
+        with np.load(npz) as data:
+            assert data["scores"].shape == (len(cache.rows("test")), len(cache.labels))
+    cfg = load_config(None, [t for t in tiny if t != "--set"])
+    dark = type(cache)(cache.root, cache.meta, cache.table, np.zeros_like(np.asarray(cache.images)))
+    assert references.ehr_only(dark, cfg)["test"].macro_auroc == found["EHR only"][0]["test"]["macro_auroc"]
+    wider = load_config(None, ["views.size=32", "model.backbone=vit_micro"])
+    assert references.fingerprint(cache, wider) != found["raw pixels"][0]["fingerprint"]
