@@ -13,7 +13,17 @@ from typing import Any
 import pandas as pd
 
 from analysis.load import FAILED, STOPPED_EARLY, UNFINISHED, ExperimentInfo, expected_trials
-from analysis.stats import BASELINE, BETTER, BOOTSTRAP, INSUFFICIENT, NO_BASELINE, REFERENCE, SEEDS, WORSE
+from analysis.stats import (
+    BASELINE,
+    BETTER,
+    BOOTSTRAP,
+    INSUFFICIENT,
+    NO_BASELINE,
+    REFERENCE,
+    SEEDS,
+    WORSE,
+    contradictions,
+)
 
 
 @dataclass(frozen=True)
@@ -91,9 +101,13 @@ def _ranking(f: Findings) -> str:
         "diff to baseline [95% CI]": [interval(*v, spec="+.4f") for v in zip(r["diff"], r["diff_lo"], r["diff_hi"])],
         "p (Holm)": [num(p, ".3g") for p in r["p_holm"]], "verdict": r["verdict"],
         "method": [m or c for m, c in zip(r["test_method"], r["ci_method"])]})
-    return (f"## Ranking\n\nArms sorted by mean {f.metric_label} over seeds (each trial at the last milestone it "
-            f"reached: see *epochs*). Differences are to {_baseline_words(f.baseline)}, at the latest milestone "
-            f"both reached.\n\n{md_table(table)}")
+    clashes = contradictions(r)
+    check = ("Ordering check: " + ("; ".join(clashes) if clashes else "each difference has the sign of the arm's "
+                                   "mean minus its baseline's") + ".")
+    return (f"## Ranking\n\nArms whose trials all reached the last milestone come first, sorted by mean "
+            f"{f.metric_label} over seeds at it; arms stopped earlier follow, sorted by their mean at the epoch they "
+            f"reached (see *epochs*), so means taken at different epochs are never interleaved. Differences are to "
+            f"{_baseline_words(f.baseline)}, paired at the latest milestone both reached. {check}\n\n{md_table(table)}")
 
 
 def _baseline_words(baseline: str) -> str:

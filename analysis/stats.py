@@ -37,7 +37,7 @@ BETTER, WORSE, NO_EVIDENCE = "better", "worse", "no evidence"
 BOOTSTRAP, SEEDS = "bootstrap", "seeds"
 RANKING_COLUMNS = ["rank", "arm", "n_trials", "seeds", "epochs", "mean", "ci_lo", "ci_hi", "ci_method", "baseline",
                    "diff", "diff_lo", "diff_hi", "p", "p_holm", "verdict", "test_method", "paired", "n_pairs",
-                   "compared_at_epoch"]
+                   "compared_at_epoch", "full_length"]
 LABEL_COLUMNS = ["arm", "baseline", "label", "diff", "lo", "hi", "method"]
 
 # --- AUROC under image resamples ---------------------------------------------------------------
@@ -408,11 +408,30 @@ def compare_arms(evals: pd.DataFrame, baseline_of: Mapping[str, str | None], ban
         p_holm[tested] = holm(ranking.loc[tested, "p"].to_numpy(float))
     ranking["p_holm"] = p_holm
     ranking["verdict"] = [row.status or verdict(row.diff, row.p_holm, alpha) for row in ranking.itertuples()]
-    ranking = ranking.drop(columns="status").sort_values("mean", ascending=False, na_position="last")
+    # Arms whose every trial reached the full length come first, by mean at it; arms stopped earlier
+    # follow. Means taken at different epochs would put an arm above a baseline it is worse than.
+    full = last.groupby("arm")["epoch"].min() == last["epoch"].max()
+    ranking["full_length"] = ranking["arm"].map(full).astype(bool)
+    ranking = ranking.drop(columns="status").sort_values(["full_length", "mean"], ascending=False,
+                                                         na_position="last")
     ranking.insert(0, "rank", np.arange(1, len(ranking) + 1))
     labels_table = (pd.concat(per_label, ignore_index=True)[LABEL_COLUMNS] if per_label
                     else pd.DataFrame(columns=LABEL_COLUMNS))
     return ranking[RANKING_COLUMNS].reset_index(drop=True), labels_table
+
+
+def contradictions(ranking: pd.DataFrame) -> list[str]:
+    """Arms listed above their baseline with a negative paired difference, or below it with a positive
+    one (possible only when the two were compared on other seeds or epochs than their means)."""
+    rank = ranking.set_index("arm")["rank"]
+    out = []
+    for row in ranking.itertuples():
+        if row.baseline in rank.index and row.baseline != row.arm and not math.isnan(row.diff) and row.diff != 0:
+            above = row.rank < rank[row.baseline]
+            if above != (row.diff > 0):
+                out.append(f"{row.arm} is listed {'above' if above else 'below'} {row.baseline} but its paired "
+                           f"difference is {row.diff:+.4f} (at epoch {row.compared_at_epoch}, common seeds)")
+    return out
 
 
 def rank_scores(arms: Mapping[str, Sequence[np.ndarray]], targets: np.ndarray, baseline: str,

@@ -517,3 +517,22 @@ def _probe_named(y: np.ndarray, scores: np.ndarray, labels: tuple[str, ...]) -> 
     values = [v for v in per.values() if not math.isnan(v)]
     return {"macro_auroc": float(np.mean(values)),
             "per_label": {k: {"auroc": None if math.isnan(v) else v} for k, v in per.items()}}
+
+
+def test_stopped_arms_follow_full_length_ones_so_order_agrees_with_paired_differences() -> None:
+    """A stopped arm's early mean may exceed the full-length baseline's, though it was worse when paired."""
+    evals = pd.DataFrame({
+        "trial": ["b0", "b1", "b0", "b1", "s0", "s1", "f0", "f1", "f0", "f1"],
+        "arm": ["none"] * 4 + ["scan"] * 2 + ["stay"] * 4, "seed": [0, 1] * 5,
+        "epoch": [4, 4, 16, 16, 4, 4, 4, 4, 16, 16],
+        "value": [0.62, 0.63, 0.580, 0.581, 0.60, 0.61, 0.55, 0.56, 0.590, 0.591]})
+    baseline = {"none": "none", "scan": "none", "stay": "none"}
+    ranking, _ = stats.compare_arms(evals, baseline)
+    assert ranking["arm"].tolist() == ["stay", "none", "scan"]  # scan's 0.605 at epoch 4 ranks after both
+    assert ranking["full_length"].tolist() == [True, True, False]
+    rows = ranking.set_index("arm")
+    assert rows.loc["scan", "diff"] < 0 and rows.loc["scan", "mean"] > rows.loc["none", "mean"]
+    assert not stats.contradictions(ranking)
+    by_mean = ranking.sort_values("mean", ascending=False).assign(rank=[1, 2, 3])  # the old order
+    assert stats.contradictions(by_mean) == [
+        "scan is listed above none but its paired difference is -0.0200 (at epoch 4, common seeds)"]
