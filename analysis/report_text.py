@@ -107,7 +107,28 @@ def _ranking(f: Findings) -> str:
     return (f"## Ranking\n\nArms whose trials all reached the last milestone come first, sorted by mean "
             f"{f.metric_label} over seeds at it; arms stopped earlier follow, sorted by their mean at the epoch they "
             f"reached (see *epochs*), so means taken at different epochs are never interleaved. Differences are to "
-            f"{_baseline_words(f.baseline)}, paired at the latest milestone both reached. {check}\n\n{md_table(table)}")
+            f"{_baseline_words(f.baseline)}, paired at the latest milestone both reached. {check} {_agreement(f)}"
+            f"\n\n{md_table(table)}")
+
+
+def val_test_agreement(trials: pd.DataFrame) -> tuple[float, int]:
+    """Spearman correlation between the arms' mean val and mean test macro AUROC at each trial's last
+    milestone (how far the scheduler's view, val, ranks the arms as the test split does), and the count."""
+    from scipy.stats import spearmanr
+
+    ranked = trials[trials["status"] != "failed"].dropna(subset=["val_auroc", "test_auroc"])
+    means = ranked.groupby("arm")[["val_auroc", "test_auroc"]].mean()
+    if len(means) < 3:
+        return math.nan, len(means)
+    return float(spearmanr(means["val_auroc"], means["test_auroc"])[0]), len(means)
+
+
+def _agreement(f: Findings) -> str:
+    rho, n = val_test_agreement(f.trials)
+    if math.isnan(rho):
+        return f"Val-vs-test agreement: too few arms ({n}) for a rank correlation."
+    return (f"Val-vs-test agreement of the arms (what the scheduler saw against the test split): Spearman rho = "
+            f"{rho:.2f} over {n} arms.")
 
 
 def _baseline_words(baseline: str) -> str:

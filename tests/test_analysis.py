@@ -297,7 +297,8 @@ def test_analyze_end_to_end(experiment: Path) -> None:
     report = result.report.read_text()
     for heading in ("**Question.** Which EHR subset", "## Ranking", "## Verdicts", "## Stopped early",
                     "## Compute spent", "## Missing, failed and unfinished", "## Statistical method",
-                    "![ranking](ranking.png)", "the grid has 26 trials; 12 were found"):
+                    "![ranking](ranking.png)", "the grid has 26 trials; 12 were found", "Val-vs-test agreement",
+                    "Ordering check: each difference has the sign"):
         assert heading in report
     assert not any(secret in _text_outputs(out) for secret in SECRETS)
     assert "film:demographic" in format_ranking(result.ranking)
