@@ -214,18 +214,24 @@ def _reference_records(info: ExperimentInfo, compute: bool) -> tuple[list[TrialR
     return records, notes
 
 
-def _with_references(evals: pd.DataFrame, refs: list[TrialRecord], metric: str) -> pd.DataFrame:
-    """Reference rows at every evaluated epoch (the same scores), so any arm can be paired with them."""
+def _with_references(evals: pd.DataFrame, refs: list[TrialRecord],
+                     metric: str) -> tuple[pd.DataFrame, list[TrialRecord]]:
+    """Reference rows at every evaluated epoch and seed, with the same scores (a reference does not
+    depend on the trials' seeds or length), so every arm is paired with each reference seed by seed."""
     split = metric.split("_")[0]
-    rows = []
+    epochs = sorted(int(e) for e in evals["epoch"].unique())
+    seeds = sorted(int(s) for s in evals["seed"].dropna().unique()) or [0]
+    rows, seeded = [], []
     for rec in refs:
         probe = rec.probes[0]
         per_label = {f"{metric}/{k}": v.get("auroc") for k, v in (probe[split].get("per_label") or {}).items()}
-        rows += [{"trial": rec.trial, "arm": rec.params["arm"], "seed": 0, "epoch": int(epoch),
-                  "value": probe[split]["macro_auroc"], **per_label}
-                 for epoch in sorted(evals["epoch"].unique())]
-        rec.npz = {int(e): rec.npz[0] for e in evals["epoch"].unique()} | rec.npz
-    return pd.concat([evals, pd.DataFrame(rows)], ignore_index=True) if rows else evals
+        for seed in seeds:
+            trial = f"{rec.trial}:{seed}"
+            seeded.append(TrialRecord(trial, rec.tune_status, rec.params, rec.dir, probes={e: probe for e in epochs},
+                                      npz={e: rec.npz[0] for e in epochs}))
+            rows += [{"trial": trial, "arm": rec.params["arm"], "seed": seed, "epoch": epoch,
+                      "value": probe[split]["macro_auroc"], **per_label} for epoch in epochs]
+    return (pd.concat([evals, pd.DataFrame(rows)], ignore_index=True) if rows else evals), seeded
 
 
 def _compare(records: list[TrialRecord], trials: pd.DataFrame, curves: pd.DataFrame, metric: str, baseline: str,
@@ -243,7 +249,7 @@ def _compare(records: list[TrialRecord], trials: pd.DataFrame, curves: pd.DataFr
                      "metric: nothing is ranked yet")
     if any(v is None for v in baseline_of.values()):
         notes.append(f"baseline `{baseline}` has no ranked trial in some settings: those arms are not tested")
-    evals = _with_references(evals, refs, metric) if not evals.empty else evals
+    evals, refs = _with_references(evals, refs, metric) if not evals.empty else (evals, [])
     names = {r.params["arm"] for r in refs}
     families = {"vs_msn_": counterparts(ranked, "vanilla_arm") if ranked["vanilla_arm"].notna().any() else {}}
     families |= {prefix: {arm: name for arm in baseline_of} for prefix, name in REFERENCE_FAMILIES.items()
@@ -258,7 +264,10 @@ def _compare(records: list[TrialRecord], trials: pd.DataFrame, curves: pd.DataFr
     ranking, per_label = compare_arms(evals, baseline_of, bank, label_columns, seed)
     ranking.loc[ranking["arm"].isin(names), "verdict"] = REFERENCE
     versus = {prefix: compare_arms(evals, of, bank, label_columns, seed)[0] for prefix, of in families.items() if of}
-    return _side_by_side(_status_counts(ranking, ranked), versus), per_label, notes
+    ranking = _side_by_side(_status_counts(ranking, ranked), versus)
+    for prefix in versus:  # a reference is compared with nothing
+        ranking.loc[ranking["arm"].isin(names), f"{prefix}verdict"] = "-"
+    return ranking, per_label, notes
 
 
 def _write_all(tmp: Path, findings: Findings, curves: pd.DataFrame, metric: str) -> None:
