@@ -98,6 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peak-tflops", type=float, default=989.0,
                    help="GPU peak dense bf16 TFLOP/s for MFU (H100 SXM: 989; H200: 989)")
     p.add_argument("--no-probe", action="store_true", help="skip the probe timing")
+    p.add_argument("--compile", action="store_true", help="train.compile: torch.compile each transformer block")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="also print torch.profiler's top ops over N steps of ours and of the reference")
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
@@ -148,9 +149,10 @@ def make_cache(args: argparse.Namespace, workdir: Path) -> tuple[Cache, str]:
 
 
 def first_batch(train_set: CacheImages, n: int, device: torch.device) -> Batch:
-    """The first ``n`` train images (n, H, W) uint8 and EHR rows (n, w), on ``device``."""
-    images = np.stack([train_set.images[r] for r in train_set.rows[:n]])
-    return Batch(torch.from_numpy(images), torch.from_numpy(train_set.ehr[:n])).to(device)
+    """The first ``n`` train items as the DataLoader collates them (uint8 images, EHR rows and the EHR
+    targets an objective reads: records, pseudo-labels), on ``device``."""
+    items = [train_set[k] for k in range(n)]
+    return Batch(**{key: torch.stack([item[key] for item in items]) for key in items[0]}).to(device)
 
 
 def bench_config(args: argparse.Namespace, device: torch.device, fusion: str) -> Config:
@@ -162,7 +164,7 @@ def bench_config(args: argparse.Namespace, device: torch.device, fusion: str) ->
                           n_prototypes=k),
         ehr=EHRConfig(fusion=fusion),
         objective=ObjectiveConfig(args.objective),
-        train=TrainConfig(batch_size=args.batch, precision=args.precision, device=device.type),
+        train=TrainConfig(batch_size=args.batch, precision=args.precision, device=device.type, compile=args.compile),
     )
 
 

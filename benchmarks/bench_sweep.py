@@ -1,8 +1,10 @@
 """Sweep efficiency: the same EHR-variant space as (a) a full-budget grid and (b) ASHA on probe AUROC.
 
-Prints both compute totals (trial-seconds), whether ASHA picks the same best variant as the full grid
-and the rank correlation of the variants, then the per-epoch time of Ray Train pretraining with 1
-and 2 workers. Goal: the same best variant at <= 35 % of the grid's compute.
+Prints both compute totals (trial-seconds) with their split into epoch compute, probes and overhead
+(worker-group starts, state loading, checkpoints; goal <= 5 %), disk per trial, whether ASHA picks the
+same best variant as the full grid and the rank correlation of the variants, then the per-epoch time
+of Ray Train pretraining with 1 and 2 workers. Goal: the same best variant at <= 35 % of the grid's
+compute.
 
     python benchmarks/bench_sweep.py                      # search_spaces/quickstart.yaml (~15 min on 2 cores)
     python benchmarks/bench_sweep.py --milestones 2,4,8   # half the budget (~12 min)
@@ -32,12 +34,25 @@ def with_scheduler(space: Space, kind: str, milestones: tuple[int, ...] | None =
     return dataclasses.replace(space, scheduler=sched)
 
 
+def compute_split(experiment: Path) -> dict[str, float]:
+    """Summed over trials, from each trial's last milestone report: trial wall seconds, epoch compute and
+    probes; the rest (worker-group starts, state loading, checkpoint writing) is the overhead."""
+    totals = {"trial_seconds": 0.0, "train_seconds": 0.0, "probe_seconds": 0.0}
+    for result in experiment.glob("*/result.json"):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if lines:
+            totals = {k: v + float(lines[-1].get(k) or 0.0) for k, v in totals.items()}
+    overhead = totals["trial_seconds"] - totals["train_seconds"] - totals["probe_seconds"]
+    return {**totals, "overhead_seconds": overhead, "overhead_share": overhead / max(totals["trial_seconds"], 1e-9)}
+
+
 def summarise(experiment: Path) -> dict:
     """Compute and the scheduler's view: each variant's val AUROC at the last milestone it reached."""
     trials = load_trials(experiment)
     by_variant = trials.groupby("variant")["val_auroc"].mean().sort_values(ascending=False)
     files = [p for p in experiment.rglob("*") if p.is_file() and "analysis" not in p.parts]
     return {"trial_seconds": float(trials["trial_seconds"].sum()), "best": str(by_variant.index[0]),
+            "split": compute_split(experiment),
             "bytes_per_trial": sum(p.stat().st_size for p in files) / max(len(trials), 1),
             "full_checkpoints_per_trial": sum(p.name == "checkpoint.pt" for p in files) / max(len(trials), 1),
             "val_auroc": {k: float(v) for k, v in by_variant.items()},
@@ -95,6 +110,11 @@ def report(space: Space, grid: dict, asha: dict, rho: float, epoch_s: dict) -> N
     for name, r in (("grid", grid), ("asha", asha)):
         print(f"{name:<6}{r['trial_seconds']:>10.0f}{r['wall_seconds']:>9.0f}{r['bytes_per_trial'] / 1e6:>10.1f}"
               f"{r['full_checkpoints_per_trial']:>11.1f}  {r['best']} ({r['val_auroc'][r['best']]:.4f})")
+    for name, r in (("grid", grid), ("asha", asha)):
+        c = r["split"]
+        print(f"{name} trial-seconds split: {c['train_seconds']:.0f} s epochs + {c['probe_seconds']:.0f} s probes + "
+              f"{c['overhead_seconds']:.0f} s overhead = {c['trial_seconds']:.0f} s; overhead share "
+              f"{c['overhead_share']:.3f} (goal <= 0.05)")
     print(f"ASHA compute / grid compute: {ratio:.2f} (goal <= 0.35); same best variant: "
           f"{grid['best'] == asha['best']}; Spearman rank correlation of variants: {rho:.2f}")
     print("epochs reached under ASHA: " + ", ".join(f"{k} {v}" for k, v in asha["epochs"].items()))

@@ -286,6 +286,7 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader worker processes
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
     device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False  # torch.compile each transformer block in place (GPU speed; state dicts unchanged)
     log_every: int = 10  # steps between progress lines / TensorBoard points
     checkpoint_every: int = 1  # epochs between checkpoints
     probe_every: int = 0  # epochs between linear probes during pretraining; 0 = only at the end

@@ -85,6 +85,18 @@ def steps_per_epoch(cfg: Config, n_train: int, world_size: int) -> int:
     return min(steps, cap) if cap else steps
 
 
+def compile_blocks(module: nn.Module, backend: str = "inductor") -> int:
+    """``torch.compile`` every timm transformer block in place (regional compilation: one small graph
+    compiled once and reused by every block and view size, parameters and state-dict keys unchanged, so
+    checkpoints and exported encoders are the same as eager ones). Returns how many blocks."""
+    from timm.models.vision_transformer import Block
+
+    blocks = [m for m in module.modules() if isinstance(m, Block)]
+    for block in blocks:
+        block.compile(backend=backend)
+    return len(blocks)
+
+
 def build_run(cfg: Config, cache: Cache, device: torch.device | None = None, rank: int = 0,
               world_size: int = 1, wrap: Callable[[nn.Module], nn.Module] | None = None) -> Run:
     """Build the objective and the optimiser for ``cfg`` on ``cache``'s train split.
@@ -98,6 +110,8 @@ def build_run(cfg: Config, cache: Cache, device: torch.device | None = None, ran
     targets = fit_ehr_targets(cfg, cache)
     train_set = split_dataset(cache, "train", encoder, targets)
     objective = build_objective(cfg, DataShape(encoder.width, targets.record_classes)).to(device)
+    if cfg.train.compile:
+        compile_blocks(objective)
     net = wrap(objective) if wrap is not None else objective
     optimizer = torch.optim.AdamW(objective.param_groups(cfg.optim.weight_decay), lr=cfg.optim.start_lr,
                                   betas=cfg.optim.betas)

@@ -85,3 +85,21 @@ def test_run_dir_has_timm_encoder_events_and_probe(synthetic_cache: Path, tmp_pa
     assert {"train/loss", "train/cross_entropy", "train/me_max", "train/lr", "train/ema",
             "train/images_per_s", "probe/val_macro_auroc"} <= tags
     assert json.loads((tmp_path / "run" / "run.json").read_text())["epoch"] == 2
+
+
+def test_compiled_blocks_give_the_eager_step_and_the_same_state_dict(synthetic_cache: Path) -> None:
+    """train.compile compiles each transformer block in place: same loss, same state-dict keys (so
+    checkpoints and timm encoder exports do not change). Dynamo's eager backend here: inductor's CPU
+    code generation takes minutes (benchmarks/gpu_check.sh times the real one on a GPU)."""
+    from mmsn.engine import compile_blocks
+
+    cache = open_cache(synthetic_cache)
+    cfg = load_config(None, TINY_RUN)
+    runs = [build_run(cfg, cache) for _ in range(2)]
+    assert compile_blocks(runs[1].objective, backend="eager") == 4  # 2 blocks each in the online and EMA ViT
+    batch = Batch(torch.from_numpy(cache.images[cache.rows("train")[:16]].copy()),
+                  torch.from_numpy(runs[0].train_set.ehr[:16]))
+    eager, compiled = (train_step(run, batch)["loss"] for run in runs)
+    assert compiled == pytest.approx(eager, abs=1e-5)
+    assert list(runs[0].objective.state_dict()) == list(runs[1].objective.state_dict())
+    assert load_config(None, ["train.compile=true"]).train.compile

@@ -82,11 +82,15 @@ def test_asha_sweep_on_probe_auroc_with_two_workers_and_a_retried_worker(tmp_pat
         assert len(probes) == len(rows)
         assert set(json.loads(probes[-1].read_text())) >= {"val", "test", "epoch"}
         assert list((t / "tb").glob("events.out.tfevents.*"))
-        # bounded disk: at most 2 full checkpoints per trial (Tune's copy + the last Train run), but an
+        # one worker group per trial: one Train run, named after the trial, holding its latest full
+        # checkpoint (and the one before while the last is being rotated in; Tune holds none), and an
         # image-encoder export per milestone
         trial_id = re.search(r"_([0-9a-f]{5}_\d{5})_", t.name).group(1)  # type: ignore[union-attr]
-        full = [*t.rglob("checkpoint.pt"), *(experiment / "train_runs").glob(f"{trial_id}-*/**/checkpoint.pt")]
+        assert [p.name for p in (experiment / "train_runs").glob(f"{trial_id}*")] == [trial_id]
+        full = [*t.rglob("checkpoint.pt"), *(experiment / "train_runs").glob(f"{trial_id}/**/checkpoint.pt")]
         assert 1 <= len(full) <= 2, full
+        last = rows.iloc[-1]  # the compute split: epochs + probes + (worker start, state, checkpoints)
+        assert 0 < last["train_seconds"] + last["probe_seconds"] < last["trial_seconds"]
         assert sorted(p.name for p in (t / "encoders").glob("*.pth")) == [f"epoch_{e:03d}.pth" for e in rows["epoch"]]
     assert "Arms ranked by test macro AUROC" in out and "best trial" in out
     assert "Checkpoint successfully created" not in out and "Reporting training result" not in out  # quiet console

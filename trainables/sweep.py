@@ -155,7 +155,8 @@ def milestone_logger() -> Any:
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
             print(f"[{trial.trial_id}] {result.get('variant', '?')}: epoch {result.get('epoch')} "
                   f"val AUROC {result.get('val_auroc', float('nan')):.4f} "
-                  f"({result.get('train_seconds', 0):.0f} s train + {result.get('probe_seconds', 0):.0f} s probe)",
+                  f"(trial {result.get('trial_seconds', 0):.0f} s so far: {result.get('train_seconds', 0):.0f} s "
+                  f"epochs, {result.get('probe_seconds', 0):.0f} s probes)",
                   flush=True)
 
     return MilestoneLine()

@@ -1,10 +1,17 @@
-"""The Tune trainable: pretraining segments chained with linear probes (RESEARCH.md section 5, way B).
+"""The Tune trainable: pretraining with a linear probe at each milestone (RESEARCH.md section 5, way B).
 
-A trial pretrains up to each milestone epoch as its own ``TorchTrainer.fit()`` (N workers, DDP), then
-probes the target encoder as a separate Ray task with its own resources (so its cost is visible) and
-reports the validation macro AUROC to Tune *with a Tune checkpoint*: ASHA, HyperBand and PBT all act
-on probe AUROC, and PBT can clone a trial. Test AUROC is written to the trial directory for the final
-analysis and never reported to the scheduler.
+FIFO, ASHA and HyperBand: one ``TorchTrainer.fit()`` per trial (one worker group, N workers, DDP) runs to
+the last milestone; at each milestone rank 0 probes the encoder in place (val and test, one fit) and
+reports val macro AUROC with a checkpoint, and :class:`MilestoneReport` forwards that report to Tune and
+files the probe results and encoder export in the trial directory. The Train run is named after the
+trial, so ``--resume`` continues from its latest checkpoint. A trial the scheduler stops is stopped with
+its worker group.
+
+PBT: a trial must be cloneable at each milestone, so it pretrains up to each milestone as its own
+``TorchTrainer.fit()``, probes the run as a separate Ray task with its own resources and reports *with
+a Tune checkpoint*, which PBT copies when it exploits.
+
+Test AUROC is written to the trial directory for the final analysis and never reported to the scheduler.
 """
 
 from __future__ import annotations
@@ -16,21 +23,21 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 import ray.train
 import ray.tune
 from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
 from torch.utils.tensorboard import SummaryWriter
 
 from mmsn.checkpoint import ENCODER
-from mmsn.config import to_dict
+from mmsn.config import Config, to_dict
 from mmsn.engine import NonFiniteLossError
 from mmsn.loop import log_probe
 from search_spaces.loader import Space, variant_name
-from trainables.worker import train_segment
+from trainables.worker import train_segment, write_probes
 
-TRIAL_INFO = "trial.json"  # cumulative compute of the trial, inside each reported checkpoint
+TRIAL_INFO = "trial.json"  # cumulative compute of a PBT trial, inside each reported checkpoint
 
 
 @ray.remote
@@ -51,33 +58,84 @@ def probe_run_dir(run_dir: str, cache_dir: str, splits: tuple[str, ...] = ("val"
     return out
 
 
-def run_segment(space: Space, cfg_dict: dict[str, Any], cache: str, init: str | None, until: int,
-                trial_id: str, tb_dir: str, experiment: str) -> ray.train.Result:
-    """One TorchTrainer.fit() from ``init`` to epoch ``until``; a fresh run name per segment, since a
-    reused name would auto-restore the previous segment's run."""
+def _trainer(space: Space, loop_config: dict[str, Any], name: str, experiment: str,
+             callbacks: list[Any] | None = None) -> TorchTrainer:
     res = space.resources
-    trainer = TorchTrainer(
-        train_segment,
-        train_loop_config={"cfg": cfg_dict, "cache": cache, "init": init, "until_epoch": until, "tb_dir": tb_dir},
+    return TorchTrainer(
+        train_segment, train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.workers, use_gpu=res.gpus_per_worker > 0,
             resources_per_worker={"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker}),
         run_config=ray.train.RunConfig(
-            name=f"{trial_id}-e{until:03d}-{uuid.uuid4().hex[:6]}",
-            storage_path=str(Path(experiment) / "train_runs"),
+            name=name, storage_path=str(Path(experiment) / "train_runs"), callbacks=callbacks or [],
             failure_config=ray.train.FailureConfig(max_failures=space.budget.max_failures),
             # The latest checkpoint is all a retried worker group resumes from; older epochs are dropped.
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)),
     )
-    return trainer.fit()
 
 
-def _restore(checkpoint: ray.tune.Checkpoint | None) -> tuple[str | None, int, float]:
-    """(run dir, epochs done, trial seconds so far) from a Tune checkpoint (resume or PBT clone)."""
+class MilestoneReport(TuneReportCallback):  # type: ignore[misc]
+    """Runs in the Train controller (on the trial's node): files each milestone's probe results and
+    encoder export in the trial directory, then forwards the milestone report (not the per-epoch ones)
+    to Tune, where the scheduler acts on its val AUROC. The last milestone is reported by the trial
+    once the Train run has ended: a scheduler stops a trial that reaches its full length at once, and a
+    Train run killed while it shuts down can leave its placement group behind."""
+
+    def __init__(self, trial_dir: str, gpus: float, last: int) -> None:
+        super().__init__()
+        self.trial_dir, self.gpus, self.last = Path(trial_dir), gpus, last
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        first = metrics[0]
+        if "val_auroc" not in first:
+            return
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                _file_milestone(self.trial_dir, int(first["epoch"]), Path(folder))
+        if int(first["epoch"]) < self.last:
+            super().after_report(run_context, [tune_metrics(first, self.gpus)], checkpoint)
+
+
+def tune_metrics(metrics: dict[str, Any], gpus: float) -> dict[str, Any]:
+    return {**metrics, "gpu_seconds": metrics["trial_seconds"] * gpus}
+
+
+def _file_milestone(trial_dir: Path, epoch: int, run_dir: Path) -> None:
+    """A milestone's probe files and image-only encoder (a timm state dict, small) into the trial
+    directory: they stay there, while full checkpoints do not."""
+    (trial_dir / "probes").mkdir(exist_ok=True)
+    for path in (run_dir / "probes").glob(f"epoch_{epoch:03d}*"):
+        shutil.copyfile(path, trial_dir / "probes" / path.name)
+    (trial_dir / "encoders").mkdir(exist_ok=True)
+    shutil.copyfile(run_dir / ENCODER, trial_dir / "encoders" / f"epoch_{epoch:03d}.pth")
+
+
+def _raise_non_finite(result: ray.train.Result) -> None:
+    metrics = result.metrics or {}
+    if "non_finite" in metrics:
+        raise NonFiniteLossError(metrics["non_finite"])
+
+
+def one_run(space: Space, cfg: Config, cache: str, experiment: str, trial_dir: Path, trial_id: str) -> None:
+    """FIFO / ASHA / HyperBand: one worker group from the first epoch (or the latest checkpoint of this
+    trial's Train run) to the last milestone."""
+    res = space.resources
+    loop = {"cfg": to_dict(cfg), "cache": cache, "init": None, "until_epoch": space.epochs,
+            "tb_dir": str(trial_dir / "tb"), "milestones": list(space.scheduler.milestones),
+            "report": {"variant": variant_name(cfg)}, "trial_start": time.time()}
+    gpus = res.workers * res.gpus_per_worker
+    result = _trainer(space, loop, trial_id, experiment, [MilestoneReport(str(trial_dir), gpus, space.epochs)]).fit()
+    _raise_non_finite(result)
+    last = result.metrics or {}
+    if last.get("val_auroc") is not None and int(last.get("epoch", 0)) == space.epochs:
+        ray.tune.report(tune_metrics(last, gpus))
+
+
+def _restore(checkpoint: ray.tune.Checkpoint | None) -> tuple[str | None, dict[str, Any]]:
+    """(run dir, {epoch, trial/train/probe seconds so far}) from a Tune checkpoint (resume or PBT clone)."""
     if checkpoint is None:
-        return None, 0, 0.0
-    info = json.loads((Path(checkpoint.path) / TRIAL_INFO).read_text())
-    return checkpoint.path, int(info["epoch"]), float(info["trial_seconds"])
+        return None, {"epoch": 0}
+    return checkpoint.path, json.loads((Path(checkpoint.path) / TRIAL_INFO).read_text())
 
 
 def _probe(space: Space, run_dir: str, cache: str) -> dict[str, Any]:
@@ -88,60 +146,47 @@ def _probe(space: Space, run_dir: str, cache: str) -> dict[str, Any]:
     return ray.get(task.remote(run_dir, cache))  # type: ignore[no-any-return]
 
 
-def msn_trial(config: dict[str, Any], space: Space, cache: str, experiment: str) -> None:
-    """Tune function trainable. ``config`` holds the sampled params, flat dotted keys (``optim.lr``)."""
-    params = dict(config)
-    cfg = space.config(params)
-    trial_dir = Path(ray.tune.get_context().get_trial_dir())
-    trial_id = ray.tune.get_context().get_trial_id()
-    tb_dir = str(trial_dir / "tb")
-    run_dir, epoch, seconds = _restore(ray.tune.get_checkpoint())
-    writer = SummaryWriter(tb_dir)
+def segments(space: Space, cfg: Config, cache: str, experiment: str, trial_dir: Path, trial_id: str) -> None:
+    """PBT: one Train run per milestone, each probed by a Ray task and reported with a Tune checkpoint."""
+    run_dir, done = _restore(ray.tune.get_checkpoint())
+    total = {k: float(done.get(k, 0.0)) for k in ("trial_seconds", "train_seconds", "probe_seconds")}
+    writer = SummaryWriter(str(trial_dir / "tb"))
     previous: Path | None = None  # this trial's last Train run under train_runs/
+    res = space.resources
     try:
-        for milestone in (m for m in space.scheduler.milestones if m > epoch):
+        for milestone in (m for m in space.scheduler.milestones if m > int(done["epoch"])):
             start = time.time()
-            result = run_segment(space, to_dict(cfg), cache, run_dir, milestone, trial_id, tb_dir, experiment)
-            if "non_finite" in result.metrics:
-                raise NonFiniteLossError(result.metrics["non_finite"])
+            loop = {"cfg": to_dict(cfg), "cache": cache, "init": run_dir, "until_epoch": milestone,
+                    "tb_dir": str(trial_dir / "tb")}
+            # a fresh run name per segment: a reused one would restore the previous segment's run
+            result = _trainer(space, loop, f"{trial_id}-e{milestone:03d}-{uuid.uuid4().hex[:6]}", experiment).fit()
+            _raise_non_finite(result)
             assert result.checkpoint is not None
             # The new segment started from the previous one, and Tune holds its own copy of each reported
             # checkpoint: the previous Train run is not needed any more (bounded disk per trial).
             if previous is not None:
                 shutil.rmtree(previous, ignore_errors=True)
-            previous = Path(result.path)
-            run_dir, train_s = result.checkpoint.path, time.time() - start
+            previous, run_dir, train_s = Path(result.path), result.checkpoint.path, time.time() - start
             probes = _probe(space, run_dir, cache)
             probe_s = time.time() - start - train_s
-            seconds += train_s + probe_s
-            _save_probes(trial_dir, milestone, probes)
-            _save_encoder(trial_dir, milestone, Path(run_dir))
+            spent = {"trial_seconds": train_s + probe_s, "train_seconds": train_s, "probe_seconds": probe_s}
+            total = {key: total[key] + spent[key] for key in total}
+            write_probes(Path(run_dir) / "probes", milestone, probes)
+            _file_milestone(trial_dir, milestone, Path(run_dir))
             log_probe(writer, probes["val"], milestone)
-            (Path(run_dir) / TRIAL_INFO).write_text(json.dumps({"epoch": milestone, "trial_seconds": seconds}))
+            (Path(run_dir) / TRIAL_INFO).write_text(json.dumps({"epoch": milestone, **total}))
+            gpus = total["train_seconds"] * res.workers * res.gpus_per_worker + total["probe_seconds"] * res.probe_gpus
             ray.tune.report(
-                {"val_auroc": probes["val"]["macro_auroc"], "epoch": milestone, "loss": result.metrics["loss"],
-                 "train_seconds": train_s, "probe_seconds": probe_s, "trial_seconds": seconds,
-                 "gpu_seconds": (train_s * space.resources.workers * space.resources.gpus_per_worker
-                                 + probe_s * space.resources.probe_gpus),
-                 "variant": variant_name(cfg)},
+                {"val_auroc": probes["val"]["macro_auroc"], "epoch": milestone, "loss": (result.metrics or {})["loss"],
+                 **total, "gpu_seconds": gpus, "variant": variant_name(cfg)},
                 checkpoint=ray.tune.Checkpoint.from_directory(run_dir))
     finally:
         writer.close()
 
 
-def _save_encoder(trial_dir: Path, epoch: int, run_dir: Path) -> None:
-    """Each milestone's image-only encoder (a timm state dict, small) stays, while full checkpoints do not."""
-    out = trial_dir / "encoders"
-    out.mkdir(exist_ok=True)
-    shutil.copyfile(run_dir / ENCODER, out / f"epoch_{epoch:03d}.pth")
-
-
-def _save_probes(trial_dir: Path, epoch: int, probes: dict[str, Any]) -> None:
-    """Val and test probe results per milestone, for the analysis (never seen by the scheduler)."""
-    out = trial_dir / "probes"
-    out.mkdir(exist_ok=True)
-    arrays = {k: probes.pop(k) for k in ("test_scores", "test_targets") if k in probes}
-    if arrays:
-        np.savez_compressed(out / f"epoch_{epoch:03d}_test.npz", scores=arrays["test_scores"],
-                            targets=arrays["test_targets"])
-    (out / f"epoch_{epoch:03d}.json").write_text(json.dumps({"epoch": epoch, **probes}, indent=1))
+def msn_trial(config: dict[str, Any], space: Space, cache: str, experiment: str) -> None:
+    """Tune function trainable. ``config`` holds the sampled params, flat dotted keys (``optim.lr``)."""
+    cfg = space.config(dict(config))
+    context = ray.tune.get_context()
+    run = segments if space.scheduler.type == "pbt" else one_run
+    run(space, cfg, cache, experiment, Path(context.get_trial_dir()), context.get_trial_id())

@@ -1,28 +1,34 @@
-"""The Ray Train per-worker loop: pretrain one segment (up to a milestone epoch) under DDP.
+"""The Ray Train per-worker loop: pretrain a whole trial, or one PBT segment, under DDP.
 
 Ray Train V2 pattern (Ray docs ``train_tune_interop``, ``checkpoints``): every rank builds the run,
 ``prepare_model`` wraps it in DDP (gloo on CPU, NCCL on GPU), each rank reads its shard of the train
 split through a DistributedSampler, the MSN me-max mean is all-reduced inside the loss, and after each
 epoch rank 0 writes a run directory (mmsn.checkpoint) and reports it; the other ranks report metrics
-only. A retried worker group resumes from ``ray.train.get_checkpoint()``.
+only. At each milestone rank 0 probes val and test in place (the worker group keeps running) and puts
+the probe files into that epoch's checkpoint. A retried worker group resumes from
+``ray.train.get_checkpoint()``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray.train
 import ray.train.torch
 from torch.utils.tensorboard import SummaryWriter
 
-from mmsn.checkpoint import load_state, save_run
+from mmsn.checkpoint import RUN_INFO, load_state, save_run
 from mmsn.config import Config, from_dict
-from mmsn.data.cache import open_cache
+from mmsn.data.cache import Cache, open_cache
 from mmsn.engine import NonFiniteLossError, Run, build_run, load_state_dict, state_dict
-from mmsn.loop import train_until
+from mmsn.evaluate import probe_encoder
+from mmsn.loop import log_probe, train_until
 
 
 def _start_state(config: dict[str, Any]) -> Path | None:
@@ -34,15 +40,71 @@ def _start_state(config: dict[str, Any]) -> Path | None:
     return Path(config["init"]) if config.get("init") else None
 
 
-def _report(run: Run, metrics: dict[str, Any], info: dict[str, Any], checkpoint: bool) -> None:
-    """Every rank reports each epoch (a rule of Ray Train); only rank 0 attaches the checkpoint, when due."""
+def _report(run: Run, metrics: dict[str, Any], info: dict[str, Any], checkpoint: bool,
+            probes: dict[str, Any] | None = None) -> None:
+    """Every rank reports each epoch (a rule of Ray Train); only rank 0 attaches the checkpoint, when due,
+    with the milestone's probe files (``probes/epoch_XXX.json`` and ``_test.npz``) inside it."""
     metrics = {**metrics, "epoch": run.epoch, "step": run.step}
     if run.rank != 0 or not checkpoint:
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory() as tmp:
         save_run(Path(tmp), state_dict(run), run.objective.image_encoder_state_dict(), {**info, **metrics})
+        if probes is not None:
+            write_probes(Path(tmp) / "probes", run.epoch, probes)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def write_probes(out: Path, epoch: int, probes: dict[str, Any]) -> None:
+    """Val and test probe summaries as JSON, the per-image test scores as npz (what the analysis reads)."""
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = {k: probes[k] for k in ("test_scores", "test_targets") if k in probes}
+    if arrays:
+        np.savez_compressed(out / f"epoch_{epoch:03d}_test.npz", scores=arrays["test_scores"],
+                            targets=arrays["test_targets"])
+    summary = {k: v for k, v in probes.items() if k not in arrays}
+    (out / f"epoch_{epoch:03d}.json").write_text(json.dumps({"epoch": epoch, **summary}, indent=1))
+
+
+def probe_splits(run: Run, cache: Cache) -> dict[str, Any]:
+    """Val and test probe of the objective's image-only encoder (one fit), JSON-able, plus the test
+    scores and targets in cache row order (no ids) for the paired analysis."""
+    run.objective.eval()
+    results = probe_encoder(run.objective.eval_encoder(), cache, run.cfg.probe, run.cfg.views.size, run.device,
+                            ("val", "test"))
+    run.objective.train()
+    out: dict[str, Any] = {split: result.to_json_dict() for split, result in results.items()}
+    out["test_scores"], out["test_targets"] = results["test"].scores, results["test"].targets
+    return out
+
+
+class Clock:
+    """The trial's compute split, carried through checkpoints: epoch compute, probes and the trial's
+    wall time (worker-group start, state loading and checkpoint writing are what is left).
+    ``start``: when this invocation of the trial began; a checkpoint of the same invocation (a retried
+    worker group) carries what came before it, one of an earlier invocation (``--resume``) its total."""
+
+    def __init__(self, start: float, info: dict[str, Any]) -> None:
+        self.start, self.mark = start, time.time()
+        same = info.get("trial_start") == start
+        self.before = float(info.get("seconds_before" if same else "trial_seconds", 0.0))
+        self.train = float(info.get("train_seconds", 0.0))
+        self.probe = float(info.get("probe_seconds", 0.0))
+
+    def epoch_done(self) -> None:
+        now = time.time()
+        self.train, self.mark = self.train + now - self.mark, now
+
+    def probe_done(self) -> None:
+        now = time.time()
+        self.probe, self.mark = self.probe + now - self.mark, now
+
+    def metrics(self) -> dict[str, float]:
+        return {"train_seconds": self.train, "probe_seconds": self.probe,
+                "trial_seconds": self.before + time.time() - self.start}
+
+    def state(self) -> dict[str, float]:
+        return {**self.metrics(), "trial_start": self.start, "seconds_before": self.before}
 
 
 FAULT_ENV = "MMSN_TEST_KILL_WORKER"
@@ -60,11 +122,21 @@ def _maybe_die(run: Run) -> None:
         os._exit(1)
 
 
+def _info(start: Path | None) -> dict[str, Any]:
+    try:
+        return json.loads((start / RUN_INFO).read_text()) if start is not None else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
 def train_segment(config: dict[str, Any]) -> None:
     """Train from the start state to epoch ``config["until_epoch"]``.
 
     config: ``cfg`` (mmsn Config as a dict), ``cache`` (cache dir), ``init`` (run dir or None),
-    ``until_epoch``, ``tb_dir`` (rank 0's TensorBoard directory under the experiment).
+    ``until_epoch``, ``tb_dir`` (rank 0's TensorBoard directory under the experiment); optionally
+    ``milestones`` (epochs at which rank 0 probes val and test inside the run and reports the result with
+    a checkpoint: one worker group for the whole trial), ``report`` (constant metrics for those reports)
+    and ``trial_start`` (the trial's start time, for its compute split).
     """
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -76,13 +148,23 @@ def train_segment(config: dict[str, Any]) -> None:
         load_state_dict(run, load_state(start))
     writer = SummaryWriter(config["tb_dir"]) if rank == 0 and config.get("tb_dir") else None
     info = {"cache": str(cache.root), "dataset": cache.meta["dataset"], "world_size": world}
+    milestones = set(config.get("milestones") or ())
+    clock = Clock(float(config.get("trial_start") or time.time()), _info(start))
 
     def save(run: Run, metrics: dict[str, Any], checkpoint: bool) -> None:
-        _report(run, metrics, info, checkpoint)
+        clock.epoch_done()
+        probes = None
+        if run.epoch in milestones:
+            if rank == 0:
+                probes = probe_splits(run, cache)
+                log_probe(writer, probes["val"], run.epoch)
+                metrics = {**metrics, "val_auroc": probes["val"]["macro_auroc"], **config.get("report", {})}
+            clock.probe_done()
+            metrics = {**metrics, **clock.metrics()}
+        _report(run, metrics, {**info, **clock.state()}, checkpoint or run.epoch in milestones, probes)
         _maybe_die(run)
 
     try:
-        # The trial probes between segments (a Ray task with its own resources), so the loop does not.
         train_until(run, int(config["until_epoch"]), writer, save, probe=None)
     except NonFiniteLossError as err:
         # Reported, not raised: a deterministic divergence must not be retried by FailureConfig.
