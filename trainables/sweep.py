@@ -138,6 +138,11 @@ def start_ray(space: Space, address: str | None, verbose: bool = False) -> None:
     if address:
         ray.init(address=address, log_to_driver=verbose)
     else:
+        from trainables.orphans import reap_orphaned_agents
+
+        if reaped := reap_orphaned_agents():
+            pids = ", ".join(map(str, reaped))
+            print(f"removed {len(reaped)} Ray agent process(es) left by a killed sweep (pid {pids})", flush=True)
         # "local" always starts a new instance: a plain ray.init() joins the cluster named in
         # /tmp/ray/ray_current_cluster, even a dead one left by a killed `ray start`, and then rejects num_cpus.
         ray.init(address="local", num_cpus=local_cpus(space), include_dashboard=True, dashboard_host="127.0.0.1",
