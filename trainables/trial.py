@@ -93,7 +93,34 @@ class MilestoneReport(TuneReportCallback):  # type: ignore[misc]
             with checkpoint.as_directory() as folder:
                 _file_milestone(self.trial_dir, int(first["epoch"]), Path(folder))
         if int(first["epoch"]) < self.last:
-            super().after_report(run_context, [tune_metrics(first, self.gpus)], checkpoint)
+            forwarded = tune_metrics(first, self.gpus)
+            _keep_report(self.trial_dir, forwarded)
+            super().after_report(run_context, [forwarded], checkpoint)
+
+
+REPORTED = "reported"  # trial_dir/reported/epoch_XXX.json: each milestone report as Tune got it
+
+
+def _keep_report(trial_dir: Path, metrics: dict[str, Any]) -> None:
+    out = trial_dir / REPORTED
+    out.mkdir(exist_ok=True)
+    plain = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    (out / f"epoch_{int(metrics['epoch']):03d}.json").write_text(json.dumps(plain))
+
+
+def replay_reports(trial_dir: Path) -> None:
+    """After ``--resume`` Tune restarts a trial that has no Tune checkpoint with an empty history, while its
+    Train run continues from its own checkpoint: report again the milestones Tune no longer holds."""
+    seen = set()
+    try:
+        seen = {json.loads(line).get("epoch") for line in (trial_dir / "result.json").read_text().splitlines()
+                if line.strip()}
+    except (OSError, json.JSONDecodeError):
+        pass
+    for path in sorted((trial_dir / REPORTED).glob("epoch_*.json")):
+        metrics = json.loads(path.read_text())
+        if metrics.get("epoch") not in seen:
+            ray.tune.report(metrics)
 
 
 def tune_metrics(metrics: dict[str, Any], gpus: float) -> dict[str, Any]:
@@ -124,6 +151,7 @@ def one_run(space: Space, cfg: Config, cache: str, experiment: str, trial_dir: P
             "tb_dir": str(trial_dir / "tb"), "milestones": list(space.scheduler.milestones),
             "report": {"variant": variant_name(cfg)}, "trial_start": time.time()}
     gpus = res.workers * res.gpus_per_worker
+    replay_reports(trial_dir)
     result = _trainer(space, loop, trial_id, experiment, [MilestoneReport(str(trial_dir), gpus, space.epochs)]).fit()
     _raise_non_finite(result)
     last = result.metrics or {}
