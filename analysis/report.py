@@ -30,7 +30,7 @@ from analysis.load import (
     load_records,
     read_scores,
 )
-from analysis.report_text import VERSUS, Findings, interval, num, report_markdown
+from analysis.report_text import REFERENCE_FAMILIES, VERSUS, Findings, interval, num, report_markdown
 from analysis.stats import REFERENCE, ScoreBank, build_bank, compare_arms, needed_scores
 from mmsn.errors import ConfigError
 
@@ -181,7 +181,6 @@ def _status_counts(ranking: pd.DataFrame, ranked: pd.DataFrame) -> pd.DataFrame:
 
 
 VERSUS_COLUMNS = ("baseline", "diff", "diff_lo", "diff_hi", "p_holm", "verdict", "test_method")
-REFERENCE_FAMILIES = {"vs_pixels_": "raw pixels", "vs_random_": "random init"}  # prefix -> reference arm
 
 
 def _side_by_side(ranking: pd.DataFrame, families: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -252,7 +251,7 @@ def _compare(records: list[TrialRecord], trials: pd.DataFrame, curves: pd.DataFr
     evals, refs = _with_references(evals, refs, metric) if not evals.empty else (evals, [])
     names = {r.params["arm"] for r in refs}
     families = {"vs_msn_": counterparts(ranked, "vanilla_arm") if ranked["vanilla_arm"].notna().any() else {}}
-    families |= {prefix: {arm: name for arm in baseline_of} for prefix, name in REFERENCE_FAMILIES.items()
+    families |= {prefix: {arm: name for arm in baseline_of} for prefix, name in REFERENCE_FAMILIES
                  if name in names}
     bank = None
     if metric == "test_auroc" and not evals.empty:

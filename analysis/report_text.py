@@ -169,6 +169,7 @@ def _two_questions(f: Findings) -> str:
             + md_table(table))
 
 
+# column prefix -> the reference each arm is tested against (analysis.report computes, this section shows)
 REFERENCE_FAMILIES = (("vs_pixels_", "raw pixels"), ("vs_random_", "random init"))
 
 
