@@ -123,6 +123,8 @@ def _add_reference(sub: argparse._SubParsersAction) -> None:
                    help="override a config key (repeatable)")
     p.add_argument("--out", type=Path, default=None,
                    help="directory for <reference>.json and _test.npz (default: CACHE/references/<fingerprint>)")
+    p.add_argument("--supervised", action="store_true",
+                   help="also the supervised reference: the architecture trained on the train labels (it trains)")
     p.set_defaults(func=_reference)
 
 
@@ -134,7 +136,8 @@ def _reference(args: argparse.Namespace) -> None:
 
     cfg, cache = load_config(args.config, args.overrides), open_cache(args.cache)
     out = args.out or args.cache / "references" / references.fingerprint(cache, cfg)
-    for name, (payload, _) in references.ensure(out, cache, cfg, resolve_device(cfg)).items():
+    names = (*references.DEFAULT, *(["supervised"] if args.supervised else []))
+    for name, (payload, _) in references.ensure(out, cache, cfg, resolve_device(cfg), names).items():
         val, test = payload["val"], payload["test"]
         print(f"{name:12s} val {val['macro_auroc']:.4f}  test {test['macro_auroc']:.4f} "
               f"[{test['macro_ci'][0]:.4f}, {test['macro_ci'][1]:.4f}]")

@@ -302,6 +302,9 @@ class TrainConfig:
         _require(self.probe_every >= 0 and self.max_steps_per_epoch >= 0, "train.probe_every", "must be >= 0")
 
 
+PROBE_FEATURES = ("cls", "cls_mean", "last_cls")  # see ProbeConfig.features
+
+
 @dataclass(frozen=True)
 class ProbeConfig:
     """Linear probe on frozen target-encoder features (RESEARCH.md section 4)."""
@@ -311,9 +314,17 @@ class ProbeConfig:
     bootstrap: int = 1000  # bootstrap resamples of the CIs
     batch_size: int = 256  # feature extraction batch
     seed: int = 0  # label-fraction draw and bootstrap
+    # What the probe sees of a ViT: cls (final CLS token), cls_mean (CLS + mean of the final patch
+    # tokens) or last_cls (the CLS of each of the last `last_blocks` blocks, each through the final
+    # norm, concatenated: DINO's linear evaluation of ViTs).
+    features: str = "cls"
+    last_blocks: int = 4
 
     def __post_init__(self) -> None:
         _require(0 < self.label_fraction <= 1, "probe.label_fraction", "must be in (0, 1]")
+        if self.features not in PROBE_FEATURES:
+            raise ConfigError("probe.features: " + unknown_name("probe feature", self.features, PROBE_FEATURES))
+        _require(self.last_blocks >= 1, "probe.last_blocks", "must be >= 1")
         _require(len(self.l2_grid) > 0 and min(self.l2_grid) >= 0, "probe.l2_grid", "non-empty, >= 0")
         _require(self.bootstrap >= 0, "probe.bootstrap", "must be >= 0")
         _require(self.batch_size >= 1, "probe.batch_size", "must be >= 1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -9,18 +10,22 @@ import torch
 
 from mmsn.config import ProbeConfig
 from mmsn.data.cache import Cache
+from mmsn.models.backbone import ViTEncoder
 from mmsn.probe import ProbeResult, extract_features, run_probe_splits
 
 Encode = Callable[[torch.Tensor], torch.Tensor]
 
 
-def probe_encoder(encode: Encode, cache: Cache, cfg: ProbeConfig, size: int, device: torch.device,
+def probe_encoder(encode: Encode | ViTEncoder, cache: Cache, cfg: ProbeConfig, size: int, device: torch.device,
                   eval_splits: Sequence[str] = ("val",)) -> dict[str, ProbeResult]:
     """Probe ``encode`` ((B,1,S,S) -> (B,d)) on the cache: fit on train, L2 chosen on val, one result
-    per split in ``eval_splits``. Features are extracted once per split.
+    per split in ``eval_splits``. Features are extracted once per split; a ViTEncoder gives the
+    features ``cfg.features`` names (``ViTEncoder.probe_features``).
 
     The test split is read only when asked for (final analysis); the sweep scheduler sees val.
     """
+    if isinstance(encode, ViTEncoder):
+        encode = functools.partial(encode.probe_features, kind=cfg.features, last_blocks=cfg.last_blocks)
     if device.type == "cuda":  # bf16 features on GPU, as in pretraining; the probe itself is float64
         plain = encode
 

@@ -3,9 +3,11 @@
 A pretrained encoder is only interesting if its linear probe beats what needs no pretraining at all:
 
 - ``random init``: the same architecture (backbone, image size, patch size) with fresh weights, seeded by
-  ``train.seed``, probed exactly as a trial's encoder is (CLS features, mmsn.evaluate.probe_encoder);
+  ``train.seed``, probed exactly as a trial's encoder is (the same ``probe.features``, mmsn.evaluate.probe_encoder);
 - ``raw pixels``: the probe on the image itself, average-pooled to a 16 x 16 grid (256 features), with the
   same input normalisation and resizing as every encoder;
+- ``supervised`` (only when asked for: it trains): the same architecture trained on the train labels, then
+  probed frozen: roughly how much a linear probe of this backbone can get out of these images;
 - ``EHR only``: the probe on the EHR encoding of every column of the cache (one-hot + standardised, fit on
   train, mmsn.data.ehr), no image at all. Caches without EHR columns have no such row.
 
@@ -17,6 +19,7 @@ pairs it with the trials image by image.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -33,7 +36,10 @@ from mmsn.data.ehr import EHREncoder, resolve_features
 from mmsn.evaluate import probe_encoder
 from mmsn.probe import ProbeResult, run_probe_splits
 
-REFERENCES = {"random init": "random_init", "raw pixels": "raw_pixels", "EHR only": "ehr_only"}  # name -> file
+# name -> file; "supervised" trains, so it is computed only when asked for (``mmsn reference --supervised``)
+REFERENCES = {"random init": "random_init", "raw pixels": "raw_pixels", "EHR only": "ehr_only",
+              "supervised": "supervised"}
+DEFAULT = ("random init", "raw pixels", "EHR only")
 RAW_GRID = 16  # raw pixels pooled to RAW_GRID x RAW_GRID: linear probes on full-resolution pixels overfit
 SPLITS = ("val", "test")
 
@@ -42,8 +48,11 @@ def fingerprint(cache: Cache, cfg: Config) -> str:
     """What the references depend on: the cache (its whole meta.json: a re-prepared cache is a new one)
     and the recipe's architecture, seed and probe settings. Nothing else in the config changes them."""
     recipe = {"backbone": cfg.model.backbone, "patch_size": cfg.model.patch_size, "size": cfg.views.size,
-              "seed": cfg.train.seed, "probe": [cfg.probe.label_fraction, list(cfg.probe.l2_grid),
-                                                 cfg.probe.bootstrap, cfg.probe.seed], "raw_grid": RAW_GRID}
+              "seed": cfg.train.seed, "raw_grid": RAW_GRID, "views": dataclasses.asdict(cfg.views),
+              "supervised": [cfg.train.epochs, cfg.train.batch_size, cfg.train.max_steps_per_epoch, cfg.optim.lr,
+                             cfg.optim.weight_decay],
+              "probe": [cfg.probe.label_fraction, list(cfg.probe.l2_grid), cfg.probe.bootstrap, cfg.probe.seed,
+                        cfg.probe.features, cfg.probe.last_blocks]}
     text = json.dumps({"cache": cache.meta, "recipe": recipe}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -76,8 +85,46 @@ def ehr_only(cache: Cache, cfg: Config) -> dict[str, ProbeResult] | None:
     return run_probe_splits(features, labels, cache.labels, cfg.probe, SPLITS, patients)
 
 
+def supervised(cache: Cache, cfg: Config, device: torch.device) -> dict[str, ProbeResult]:
+    """The same architecture trained on the train labels (an upper bound): masked BCE over the findings on
+    one global crop per image (the recipe's views), AdamW at ``optim.lr`` with a cosine decay over
+    ``train.epochs`` epochs of ``train.batch_size``; then probed frozen, as every other row."""
+    from mmsn.models.backbone import ViTEncoder, create_vit
+    from mmsn.views import MultiCropViews
+
+    torch.manual_seed(cfg.train.seed)
+    encoder = ViTEncoder(create_vit(cfg.model.backbone, cfg.views.size, cfg.model.patch_size)).to(device)
+    head = torch.nn.Linear(encoder.embed_dim, len(cache.labels)).to(device)
+    params = [*encoder.parameters(), *head.parameters()]
+    rows, views = np.sort(cache.rows("train")), MultiCropViews(cfg.views)
+    targets = torch.from_numpy(cache.label_matrix(rows).astype(np.float32))
+    batch = min(cfg.train.batch_size, len(rows))
+    steps = len(rows) // batch
+    if cfg.train.max_steps_per_epoch:
+        steps = min(steps, cfg.train.max_steps_per_epoch)
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps * cfg.train.epochs))
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    view_gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
+    encoder.train()
+    for _ in range(cfg.train.epochs):
+        order = torch.randperm(len(rows), generator=gen)
+        for s in range(steps):
+            pick = np.sort(order[s * batch:(s + 1) * batch].numpy())
+            images = torch.from_numpy(np.ascontiguousarray(cache.images[rows[pick]])).to(device)
+            y = targets[pick].to(device)
+            known = torch.isfinite(y) & (y >= 0)  # uncertain or missing labels are no target
+            logits = head(encoder(views.single(images, view_gen)))
+            loss = F.binary_cross_entropy_with_logits(logits[known], y[known])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    return probe_encoder(encoder.eval(), cache, cfg.probe, cfg.views.size, device, SPLITS)
+
+
 def compute(cache: Cache, cfg: Config, device: torch.device,
-            names: Sequence[str] = tuple(REFERENCES)) -> dict[str, dict[str, ProbeResult]]:
+            names: Sequence[str] = DEFAULT) -> dict[str, dict[str, ProbeResult]]:
     """name -> split -> probe result, for the references that exist for this cache."""
     out: dict[str, dict[str, ProbeResult]] = {}
     for name in names:
@@ -87,6 +134,8 @@ def compute(cache: Cache, cfg: Config, device: torch.device,
             out[name] = raw_pixels(cache, cfg, device)
         elif name == "EHR only" and (result := ehr_only(cache, cfg)) is not None:
             out[name] = result
+        elif name == "supervised":
+            out[name] = supervised(cache, cfg, device)
     return out
 
 
@@ -119,14 +168,16 @@ def read(out: Path, stamp: str | None = None) -> dict[str, tuple[dict[str, Any],
     return found
 
 
-def ensure(out: Path, cache: Cache, cfg: Config, device: torch.device) -> dict[str, tuple[dict[str, Any], Path]]:
-    """The references of ``cache`` under ``cfg`` in ``out``: computed once, reused while the fingerprint holds."""
+def ensure(out: Path, cache: Cache, cfg: Config, device: torch.device,
+           names: Sequence[str] = DEFAULT) -> dict[str, tuple[dict[str, Any], Path]]:
+    """The references ``names`` of ``cache`` under ``cfg`` in ``out`` (and any other already there):
+    computed once, reused while the fingerprint holds."""
     stamp = fingerprint(cache, cfg)
     have = read(out, stamp)
-    missing = [n for n in REFERENCES if n not in have and not (n == "EHR only" and not cache.ehr_columns)]
+    missing = [n for n in names if n not in have and not (n == "EHR only" and not cache.ehr_columns)]
     if missing:
         write(out, compute(cache, cfg, device, missing), stamp)
     return read(out, stamp)
 
 
-__all__ = ["RAW_GRID", "REFERENCES", "compute", "ensure", "fingerprint", "read", "write"]
+__all__ = ["DEFAULT", "RAW_GRID", "REFERENCES", "compute", "ensure", "fingerprint", "read", "write"]

@@ -30,6 +30,7 @@ def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
     ("mask.ratio=0.99", "mask.ratio"), ("train.batch_size=1", "train.batch_size"),
     ("optim.lr=fast", "optim.lr"), ("views.focal_size=128", "views.focal_size"),
     ("train.precision=fp8", "train.precision"), ("views.global_scale=[0.5]", "views.global_scale"),
+    ("probe.features=patch_max", "probe.features"), ("probe.last_blocks=0", "probe.last_blocks"),
 ])
 def test_out_of_range_values_name_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -303,3 +303,25 @@ def test_patient_pseudo_labels_leave_no_patient_id_in_the_run(synthetic_cache: P
             assert not [i for i in ids if len(i) > 3 and i in text], path
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert not [i for i in ids if len(i) > 3 and i in repr(state["config"]) + repr(state["ehr_encoder"])]
+
+
+def test_probe_features_cls_cls_mean_and_last_blocks() -> None:
+    import mmsn.models  # noqa: F401
+
+    torch.manual_seed(0)
+    enc = ViTEncoder(create_vit("vit_nano", 32)).eval()  # depth 2, d 64
+    x = torch.randn(3, 1, 32, 32)
+    tokens = enc.vit.forward_features(x)  # timm: final normed tokens, CLS first
+    assert torch.allclose(enc.probe_features(x, "cls"), tokens[:, 0], atol=1e-6)
+    both = enc.probe_features(x, "cls_mean")
+    assert both.shape == (3, 128)
+    assert torch.allclose(both[:, 64:], tokens[:, 1:].mean(dim=1), atol=1e-6)
+    # the last block's CLS through the final norm is the plain CLS feature; k = depth adds block 0's
+    assert torch.allclose(enc.probe_features(x, "last_cls", last_blocks=1), tokens[:, 0], atol=1e-6)
+    first = enc.vit.forward_intermediates(x, indices=[0], norm=True, output_fmt="NLC", intermediates_only=True,
+                                          return_prefix_tokens=True)[0][1][:, 0]
+    two = enc.probe_features(x, "last_cls", last_blocks=2)
+    assert two.shape == (3, 128)
+    assert torch.allclose(two[:, :64], first, atol=1e-6) and torch.allclose(two[:, 64:], tokens[:, 0], atol=1e-6)
+    with pytest.raises(ConfigError, match="probe.last_blocks: 3 but the backbone has 2 blocks"):
+        enc.probe_features(x, "last_cls", last_blocks=3)

@@ -230,7 +230,7 @@ def test_reference_command_writes_the_three_references(synthetic_cache: Path, tm
     printed = capsys.readouterr().out
     assert all(name in printed for name in ("random init", "raw pixels", "EHR only"))
     found = references.read(tmp_path / "refs")
-    assert set(found) == set(references.REFERENCES)
+    assert set(found) == set(references.DEFAULT)  # the supervised reference only when asked for
     cache = open_cache(synthetic_cache)
     for payload, npz in found.values():
         assert {"val", "test"} <= set(payload) and 0.0 <= payload["test"]["macro_auroc"] <= 1.0
@@ -241,3 +241,19 @@ def test_reference_command_writes_the_three_references(synthetic_cache: Path, tm
     assert references.ehr_only(dark, cfg)["test"].macro_auroc == found["EHR only"][0]["test"]["macro_auroc"]
     wider = load_config(None, ["views.size=32", "model.backbone=vit_micro"])
     assert references.fingerprint(cache, wider) != found["raw pixels"][0]["fingerprint"]
+
+
+def test_supervised_reference_trains_the_architecture_and_is_seeded(synthetic_cache: Path, tmp_path: Path) -> None:
+    from mmsn import references
+    from mmsn.cli import main
+
+    tiny = [f"--set={kv}" for kv in ("views.size=32", "model.backbone=vit_nano", "probe.bootstrap=20",
+                                     "train.epochs=2", "train.batch_size=16", "train.max_steps_per_epoch=3")]
+    assert main(["reference", str(synthetic_cache), "--out", str(tmp_path / "a"), "--supervised", *tiny]) == 0
+    found = references.read(tmp_path / "a")
+    assert set(found) == set(references.REFERENCES)
+    scores = {name: np.load(npz)["scores"] for name, (_, npz) in found.items()}
+    assert not np.allclose(scores["supervised"], scores["random init"])  # it trained
+    assert main(["reference", str(synthetic_cache), "--out", str(tmp_path / "b"), "--supervised", *tiny]) == 0
+    again = references.read(tmp_path / "b")["supervised"][1]
+    assert np.array_equal(np.load(again)["scores"], scores["supervised"])  # seeded: the same reference twice

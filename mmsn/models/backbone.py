@@ -196,6 +196,22 @@ class ViTEncoder(nn.Module):
             tokens = self.vit.blocks(tokens)
         return self.vit.norm(tokens), outs
 
+    def probe_features(self, x: Tensor, kind: str = "cls", last_blocks: int = 4) -> Tensor:
+        """x (B, 1, H, W) -> what a linear probe sees (``ProbeConfig.features``): ``cls`` (B, d),
+        ``cls_mean`` (B, 2d: CLS, mean of the patch tokens) or ``last_cls`` (B, k*d: the CLS token of
+        each of the last k = ``last_blocks`` blocks, each through the final norm, oldest first)."""
+        if kind == "cls":
+            return self(x)
+        if kind == "cls_mean":
+            tokens = self.forward_tokens(x)[0]
+            return torch.cat([tokens[:, 0], tokens[:, self.n_prefix_tokens:].mean(dim=1)], dim=1)
+        if kind == "last_cls":
+            if last_blocks > self.depth:
+                raise ConfigError(f"probe.last_blocks: {last_blocks} but the backbone has {self.depth} blocks")
+            outs = self.forward_tokens(x, indices=range(self.depth - last_blocks, self.depth))[1]
+            return torch.cat([self.vit.norm(t)[:, 0] for t in outs], dim=1)
+        raise ConfigError(f"probe.features: unknown kind {kind!r}")
+
     @property
     def depth(self) -> int:
         return len(self.vit.blocks)
