@@ -128,7 +128,7 @@ class Resources:
 @dataclass(frozen=True)
 class Budget:
     time_budget_s: float = 0.0  # 0: no limit
-    max_failures: int = 1  # Ray Train retries of a dead worker group per segment
+    max_failures: int = 1  # retries of a dead trial (one worker) or worker group (Ray Train), per trial
 
     def __post_init__(self) -> None:
         _need(self.time_budget_s >= 0, "budget.time_budget_s", "must be >= 0 (0: no limit)")

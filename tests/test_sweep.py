@@ -102,6 +102,30 @@ def test_asha_sweep_on_probe_auroc_with_two_workers_and_a_retried_worker(tmp_pat
     assert not any(experiment.rglob("*patient*"))
 
 
+def assert_same_weights_as_pretrain(experiment: Path, trials: list[Path]) -> None:
+    """One recipe and seed give the same encoder whether a sweep trained it (interrupted, resumed, killed
+    and retried) or `mmsn pretrain` did in one go. Both use one thread: float sums in another order differ."""
+    import torch
+
+    from mmsn.data.cache import open_cache
+    from mmsn.pretrain import pretrain
+    from search_spaces.loader import load_space
+
+    space = load_space(experiment / "space.yaml", smoke=True)
+    cache = open_cache(Path(json.loads((experiment / "sweep.json").read_text())["cache"]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for t in trials:
+            cfg = space.config(json.loads((t / "params.json").read_text()))
+            pretrain(cfg, cache, experiment.parent / f"pretrain-{t.name}", log=lambda *_: None)
+            ours = torch.load(experiment.parent / f"pretrain-{t.name}" / "encoder.pth", weights_only=True)
+            theirs = torch.load(t / "encoders" / "epoch_002.pth", weights_only=True)
+            assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), t.name
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_killed_optuna_sweep_resumes_without_running_a_trial_twice(tmp_path: Path) -> None:
     log = (tmp_path / "first.log").open("w")  # a file, not a pipe: nobody drains a pipe while we wait
     proc = subprocess.Popen(sweep_cmd("msn_hpo.yaml", tmp_path, "--name", "resumable"), cwd=ROOT,
@@ -116,14 +140,21 @@ def test_killed_optuna_sweep_resumes_without_running_a_trial_twice(tmp_path: Pat
     log.close()
     probed = {p: p.stat().st_mtime_ns for p in experiment.glob("msn_trial_*/probes/epoch_*.json")}
     assert probed
-    run_sweep("msn_hpo.yaml", tmp_path, "--name", "resumable", "--resume")
+    # one-worker trials train in the trial's process; one of them dies after epoch 1 and Tune retries it
+    marker = tmp_path / "killed.txt"
+    run_sweep("msn_hpo.yaml", tmp_path, "--name", "resumable", "--resume",
+              env={"MMSN_TEST_KILL_WORKER": f"0:1:{marker}"})
+    assert marker.exists()
     trials = trial_dirs(experiment)
     assert len(trials) == 3  # search.num_samples of the smoke corner: no trial was created twice
     for t in trials:
         epochs = progress(t)["epoch"].tolist()
-        assert epochs and epochs == sorted(set(epochs)), (t.name, epochs)  # no milestone reported twice
-    # what was probed before the kill is kept, not redone: each trial's Train run continued from its checkpoint
+        assert epochs == [1, 2], (t.name, epochs)  # every milestone reported once, none lost
+        assert len(list(t.rglob("checkpoint.pt"))) == 1  # Tune's copy of the last milestone, nothing else
+    assert not list((experiment / "train_runs").glob("*/latest"))  # between-milestone state, removed at the end
+    # what was probed before the kill is kept, not redone: each trial continued from its checkpoint
     assert {p: p.stat().st_mtime_ns for p in probed} == probed
+    assert_same_weights_as_pretrain(experiment, trials)
     import optuna
 
     study = optuna.load_study(study_name="msn_hpo", storage=f"sqlite:///{experiment / 'optuna.db'}")

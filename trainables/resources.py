@@ -22,26 +22,27 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-def unmet(res: Resources, nodes: Sequence[Node]) -> list[str]:
+def unmet(res: Resources, nodes: Sequence[Node], driver: float = DRIVER_CPUS, probe_task: bool = True) -> list[str]:
     """What one trial needs at once that ``nodes`` (the alive nodes' total resources) cannot give, as
-    sentences naming the numbers; empty when it fits. A trial holds its driver plus either its Train
-    workers or its probe task (never both: the probe runs between training segments)."""
+    sentences naming the numbers; empty when it fits. A trial holds its driver (``driver`` CPUs; 0 when
+    the trial trains in its own process) plus either its Train workers or, under PBT (``probe_task``),
+    its probe task (never both: the probe runs between training segments)."""
     total_cpu, total_gpu = sum(n.cpus for n in nodes), sum(n.gpus for n in nodes)
     problems = []
-    train_cpu = res.workers * res.cpus_per_worker + DRIVER_CPUS
+    train_cpu = res.workers * res.cpus_per_worker + driver
     train_gpu = res.workers * res.gpus_per_worker
     if train_cpu > total_cpu + 1e-9 or train_gpu > total_gpu + 1e-9:
         problems.append(f"training needs {_fmt(train_cpu)} CPUs and {_fmt(train_gpu)} GPUs at once "
                         f"({res.workers} workers x {_fmt(res.cpus_per_worker)} CPU / {_fmt(res.gpus_per_worker)} "
-                        f"GPU + {DRIVER_CPUS} for the trial driver); the cluster has {_fmt(total_cpu)} CPUs and "
+                        f"GPU + {driver} for the trial driver); the cluster has {_fmt(total_cpu)} CPUs and "
                         f"{_fmt(total_gpu)} GPUs")
     if not any(n.cpus >= res.cpus_per_worker and n.gpus >= res.gpus_per_worker for n in nodes):
         problems.append(f"no node has {_fmt(res.cpus_per_worker)} CPUs and {_fmt(res.gpus_per_worker)} GPUs "
                         "for one Train worker")
     probe_fits = any(n.cpus >= res.probe_cpus and n.gpus >= res.probe_gpus for n in nodes)
-    if not probe_fits or res.probe_cpus + DRIVER_CPUS > total_cpu + 1e-9:
+    if probe_task and (not probe_fits or res.probe_cpus + driver > total_cpu + 1e-9):
         problems.append(f"the probe task needs {_fmt(res.probe_cpus)} CPUs and {_fmt(res.probe_gpus)} GPUs on one "
-                        f"node beside the trial driver's {DRIVER_CPUS}; the largest node has "
+                        f"node beside the trial driver's {driver}; the largest node has "
                         f"{_fmt(max((n.cpus for n in nodes), default=0))} CPUs, the cluster {_fmt(total_cpu)}")
     return problems
 

@@ -43,6 +43,10 @@ def ensure_cache(space: Space, storage: Path) -> Path:
 
     d = space.data
     spec = dataclasses.asdict(d)
+    if d.dataset == "synthetic":  # a changed renderer draws other films: never reuse the old ones
+        from mmsn.data.synthetic import RENDERER_VERSION
+
+        spec["renderer"] = RENDERER_VERSION
     out = cache_dir(storage, spec)
     try:
         open_cache(out)
@@ -170,9 +174,16 @@ def milestone_logger() -> Any:
 def make_tuner(space: Space, experiment: Path, cache: Path, resume: bool) -> Any:
     from ray import tune
 
+    from trainables.resources import DRIVER_CPUS
+    from trainables.trial import msn_trial, runs_in_process
+
+    r, alone = space.resources, runs_in_process(space)
+    # An in-process trial holds its worker's resources; otherwise the trial is a driver holding a sliver
+    # while its Train workers (or PBT's probe task) hold theirs. Its retries are then Tune's, not Train's.
+    held = {"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker} if alone else {"cpu": DRIVER_CPUS}
+    retries = space.budget.max_failures if alone else 0
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable(), space=space, cache=str(cache), experiment=str(experiment)),
-        {"cpu": 0.05})
+        tune.with_parameters(msn_trial, space=space, cache=str(cache), experiment=str(experiment)), held)
     if resume:
         if not tune.Tuner.can_restore(str(experiment)):
             raise MMSNError(f"--resume: {experiment} holds no Tune experiment to restore")
@@ -185,17 +196,11 @@ def make_tuner(space: Space, experiment: Path, cache: Path, resume: bool) -> Any
                                     max_concurrent_trials=space.resources.max_concurrent_trials,
                                     time_budget_s=space.budget.time_budget_s or None),
         run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent),
-                                  failure_config=tune.FailureConfig(max_failures=0), verbose=1,
+                                  failure_config=tune.FailureConfig(max_failures=retries), verbose=1,
                                   # the latest milestone's checkpoint serves --resume and a PBT exploit
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   callbacks=[milestone_logger()]),
     )
-
-
-def _trainable() -> Any:
-    from trainables.trial import msn_trial
-
-    return msn_trial
 
 
 def record_sweep(space: Space, experiment: Path, cache: Path, smoke: bool) -> None:
@@ -218,9 +223,11 @@ def run_sweep(space_path: Path, name: str | None = None, storage: Path = Path("e
 def check_resources(space: Space, wait: bool) -> None:
     """Refuse, with the numbers, a trial the connected cluster can never hold; ``wait`` (an autoscaling
     cluster) only says what the sweep will wait for."""
-    from trainables.resources import cluster_nodes, unmet
+    from trainables.resources import DRIVER_CPUS, cluster_nodes, unmet
+    from trainables.trial import runs_in_process
 
-    problems = unmet(space.resources, cluster_nodes())
+    problems = unmet(space.resources, cluster_nodes(), driver=0.0 if runs_in_process(space) else DRIVER_CPUS,
+                     probe_task=space.scheduler.type == "pbt")
     if not problems:
         return
     what = "; ".join(problems)

@@ -1,4 +1,5 @@
-"""The Ray Train per-worker loop: pretrain a whole trial, or one PBT segment, under DDP.
+"""The training loop of a trial: under Ray Train, per worker (DDP), for a whole trial or one PBT segment;
+or, for a one-worker trial, in the Tune trial's own process (``trainables.trial.in_process``).
 
 Ray Train V2 pattern (Ray docs ``train_tune_interop``, ``checkpoints``): every rank builds the run,
 ``prepare_model`` wraps it in DDP (gloo on CPU, NCCL on GPU), each rank reads its shard of the train
@@ -15,6 +16,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +42,27 @@ def _start_state(config: dict[str, Any]) -> Path | None:
     return Path(config["init"]) if config.get("init") else None
 
 
-def _report(run: Run, metrics: dict[str, Any], info: dict[str, Any], checkpoint: bool,
+Report = Callable[[dict[str, Any], Path | None], None]  # (metrics, checkpoint folder or None)
+
+
+def _report(run: Run, report: Report, metrics: dict[str, Any], info: dict[str, Any], checkpoint: bool,
             probes: dict[str, Any] | None = None) -> None:
     """Every rank reports each epoch (a rule of Ray Train); only rank 0 attaches the checkpoint, when due,
     with the milestone's probe files (``probes/epoch_XXX.json`` and ``_test.npz``) inside it."""
     metrics = {**metrics, "epoch": run.epoch, "step": run.step}
     if run.rank != 0 or not checkpoint:
-        ray.train.report(metrics, checkpoint=None)
+        report(metrics, None)
         return
     with tempfile.TemporaryDirectory() as tmp:
         save_run(Path(tmp), state_dict(run), run.objective.image_encoder_state_dict(), {**info, **metrics})
         if probes is not None:
             write_probes(Path(tmp) / "probes", run.epoch, probes)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        report(metrics, Path(tmp))
+
+
+def train_report(metrics: dict[str, Any], folder: Path | None) -> None:
+    """Report to Ray Train (the folder is copied into the Train run's storage)."""
+    ray.train.report(metrics, checkpoint=None if folder is None else ray.train.Checkpoint.from_directory(str(folder)))
 
 
 def write_probes(out: Path, epoch: int, probes: dict[str, Any]) -> None:
@@ -99,6 +109,10 @@ class Clock:
         now = time.time()
         self.probe, self.mark = self.probe + now - self.mark, now
 
+    def other_done(self) -> None:
+        """Checkpoint writing and reporting: neither epoch compute nor probe, so not counted as either."""
+        self.mark = time.time()
+
     def metrics(self) -> dict[str, float]:
         return {"train_seconds": self.train, "probe_seconds": self.probe,
                 "trial_seconds": self.before + time.time() - self.start}
@@ -122,7 +136,7 @@ def _maybe_die(run: Run) -> None:
         os._exit(1)
 
 
-def _info(start: Path | None) -> dict[str, Any]:
+def run_info(start: Path | None) -> dict[str, Any]:
     try:
         return json.loads((start / RUN_INFO).read_text()) if start is not None else {}
     except (OSError, json.JSONDecodeError):
@@ -130,7 +144,17 @@ def _info(start: Path | None) -> dict[str, Any]:
 
 
 def train_segment(config: dict[str, Any]) -> None:
-    """Train from the start state to epoch ``config["until_epoch"]``.
+    """Ray Train worker entry: :func:`train_loop` on this worker's rank, under DDP."""
+    ctx = ray.train.get_context()
+    train_loop(config, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(),
+               ray.train.torch.prepare_model, _start_state(config), train_report)
+
+
+def train_loop(config: dict[str, Any], rank: int, world: int, device: Any, wrap: Callable[[Any], Any] | None,
+               start: Path | None, report: Report) -> None:
+    """Train from ``start`` (a run directory, or None) to epoch ``config["until_epoch"]``, calling
+    ``report(metrics, checkpoint folder or None)`` after every epoch (rank 0 attaches the folder when a
+    checkpoint or a milestone is due; the folder is gone once ``report`` returns).
 
     config: ``cfg`` (mmsn Config as a dict), ``cache`` (cache dir), ``init`` (run dir or None),
     ``until_epoch``, ``tb_dir`` (rank 0's TensorBoard directory under the experiment); optionally
@@ -138,18 +162,15 @@ def train_segment(config: dict[str, Any]) -> None:
     a checkpoint: one worker group for the whole trial), ``report`` (constant metrics for those reports)
     and ``trial_start`` (the trial's start time, for its compute split).
     """
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg: Config = from_dict(Config, config["cfg"])
     cache = open_cache(config["cache"])
-    run = build_run(cfg, cache, ray.train.torch.get_device(), rank, world, wrap=ray.train.torch.prepare_model)
-    start = _start_state(config)
+    run = build_run(cfg, cache, device, rank, world, wrap=wrap)
     if start is not None:
         load_state_dict(run, load_state(start))
     writer = SummaryWriter(config["tb_dir"]) if rank == 0 and config.get("tb_dir") else None
     info = {"cache": str(cache.root), "dataset": cache.meta["dataset"], "world_size": world}
     milestones = set(config.get("milestones") or ())
-    clock = Clock(float(config.get("trial_start") or time.time()), _info(start))
+    clock = Clock(float(config.get("trial_start") or time.time()), run_info(start))
 
     def save(run: Run, metrics: dict[str, Any], checkpoint: bool) -> None:
         clock.epoch_done()
@@ -161,14 +182,15 @@ def train_segment(config: dict[str, Any]) -> None:
                 metrics = {**metrics, "val_auroc": probes["val"]["macro_auroc"], **config.get("report", {})}
             clock.probe_done()
             metrics = {**metrics, **clock.metrics()}
-        _report(run, metrics, {**info, **clock.state()}, checkpoint or run.epoch in milestones, probes)
+        _report(run, report, metrics, {**info, **clock.state()}, checkpoint or run.epoch in milestones, probes)
+        clock.other_done()
         _maybe_die(run)
 
     try:
         train_until(run, int(config["until_epoch"]), writer, save, probe=None)
     except NonFiniteLossError as err:
         # Reported, not raised: a deterministic divergence must not be retried by FailureConfig.
-        ray.train.report({"non_finite": str(err), "epoch": run.epoch, "step": run.step}, checkpoint=None)
+        report({"non_finite": str(err), "epoch": run.epoch, "step": run.step}, None)
     finally:
         if writer is not None:
             writer.close()
