@@ -91,3 +91,24 @@ def test_list_valued_axes_of_numbers_are_searchable(tmp_path: Path) -> None:
     cfgs = [space.config(p) for p in grid_points(space)]
     assert sorted(c.optim.betas for c in cfgs) == [(0.9, 0.95), (0.9, 0.999)]
     assert cfgs[0].probe.l2_grid == (0.1, 1.0, 10.0) and cfgs[0].views.global_scale == (0.5, 1.0)
+
+
+def test_data_cache_is_keyed_on_the_whole_spec_and_the_renderer(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    import mmsn.data.synthetic
+    from trainables.sweep import ensure_cache
+
+    base = load_space(Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml", smoke=True)
+
+    def space(**data: object):  # type: ignore[no-untyped-def]
+        return dataclasses.replace(base, data=dataclasses.replace(base.data, n=80, size=16, **data))
+
+    first = ensure_cache(space(), tmp_path)
+    stamp = (first / "meta.json").stat().st_mtime_ns
+    assert ensure_cache(space(), tmp_path) == first and (first / "meta.json").stat().st_mtime_ns == stamp  # reused
+    other = ensure_cache(space(split="0.5,0.25,0.25"), tmp_path)
+    assert other != first and '"split": "0.5,0.25,0.25"' in (other / "data_spec.json").read_text()
+    monkeypatch.setattr(mmsn.data.synthetic, "RENDERER_VERSION", mmsn.data.synthetic.RENDERER_VERSION + 1)
+    assert ensure_cache(space(), tmp_path) not in (first, other)  # other films: a new cache

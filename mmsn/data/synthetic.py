@@ -42,6 +42,9 @@ from mmsn.errors import DataError
 CSV_NAME = "Data_Entry_2017_v2020.csv.gz"  # in torchxrayvision/data
 MASKS_NAME = "semantic_masks_v7labs_lungs.zip"  # real lung segmentations (V7 Labs), same folder
 LABEL = {name: j for j, name in enumerate(NIH14_LABELS)}
+# Bumped whenever the same (seed, row) renders another film; sweeps key their caches on it.
+# 2: positioning spread of real films (shift, magnification, rotation about twice version 1's).
+RENDERER_VERSION = 2
 BLANK_FRACTION = 0.02  # of view and of age, each, blanked at random (seeded)
 ICU_PREVALENCE, DEATH_PREVALENCE = 0.12, 0.045  # simulated stay targets (MIMIC-like inpatient mix)
 
@@ -157,7 +160,8 @@ def load_synthetic(root: Path | None, seed: int) -> Source:
         "rows": f"every row of the real NIH ChestX-ray14 metadata {csv.name}: age, sex, view, follow-up # "
                 "and the 14 findings ('|'-separated, 'No Finding' -> all 0); ids are synthetic "
                 "(image_id syn-<row>, patient_id nih-<Patient ID>), no NIH pixel is used",
-        "images": "procedural films rendered from (seed, row) alone: real lung-field shapes "
+        "images": f"procedural films (renderer v{RENDERER_VERSION}) rendered from (seed, row) alone: real "
+                  "lung-field shapes "
                   f"({lung_templates_note()}) + heart, mediastinum, spine, ribs, clavicles, "
                   "soft tissue, vessels; each present finding leaves a trace of random strength; AP "
                   "magnifies the heart and is noisier; age lowers bone contrast; sex changes habitus",
@@ -376,8 +380,8 @@ def draw_patient(rng: np.random.Generator, g: np.ndarray, age: float, female: bo
     heart = (HEART[0] + rng.normal(0, 0.03), HEART[1] + rng.normal(0, 0.03), heart_w,
              HEART[3] * rng.normal(1.0, 0.06) * (1 + 0.25 * cardio))
     return Patient(
-        template=int(rng.integers(n_templates)), rot=rng.normal(0, 0.05 if ap else 0.03),
-        scale=rng.normal(0.97, 0.04), shift=(rng.normal(0, 0.03), rng.normal(0.0, 0.04)),
+        template=int(rng.integers(n_templates)), rot=rng.normal(0, 0.08 if ap else 0.045),
+        scale=rng.normal(0.95, 0.07), shift=(rng.normal(0, 0.06), rng.normal(0.0, 0.07)),
         lung_w=rng.normal(1.0, 0.04) * (1 + 0.04 * emph) * (0.96 if female else 1.0),
         lung_h=lung_heights(rng, g, inspiration), lung_dy=rng.normal(0, 0.03),
         flatten=float(np.clip(rng.normal(0.1, 0.1) + 0.8 * emph, 0, 1)), heart=heart,
