@@ -159,3 +159,25 @@ def test_killed_optuna_sweep_resumes_without_running_a_trial_twice(tmp_path: Pat
 
     study = optuna.load_study(study_name="msn_hpo", storage=f"sqlite:///{experiment / 'optuna.db'}")
     assert len(study.trials) == 3
+
+
+def test_a_diverging_trial_fails_once_with_its_reason_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    import yaml
+
+    raw = yaml.safe_load((SPACES / "quickstart.yaml").read_text())
+    raw["name"], raw["axes"] = "diverging", {"msn.temperature": {"grid": [0.1, 1.0e-30]}}  # 1e-30: inf at step 0
+    raw["scheduler"] = {"type": "fifo", "milestones": [4, 8, 16]}
+    raw["budget"] = {"time_budget_s": 0, "max_failures": 1}
+    raw["smoke"]["resources"] = {"workers": 1, "cpus_per_worker": 1, "max_concurrent_trials": 1}
+    space = tmp_path / "diverging.yaml"
+    space.write_text(yaml.safe_dump(raw))
+    done = subprocess.run([sys.executable, "-m", "trainables.sweep", str(space), "--smoke", "--storage",
+                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    assert "2 trials (1 failed)" in out and "report:" in out  # the other trial and the analysis went on
+    experiment = tmp_path / "diverging-smoke"
+    marker = list((experiment / "train_runs").glob("*/non_finite.txt"))
+    assert len(marker) == 1 and "step 0: loss is" in marker[0].read_text()
+    errors = [t for t in trial_dirs(experiment) if (t / "error.txt").exists()]
+    assert len(errors) == 1 and "loss is" in (errors[0] / "error.txt").read_text()
