@@ -2,8 +2,8 @@
 
 Prints test macro AUROC with its 95 % bootstrap CI for: the reference rows (``random init``, ``raw pixels``,
 ``EHR only``; ``supervised`` with ``--supervised``), then each run directory given (``mmsn pretrain --out``;
-its image-only target encoder), for every probe feature kind asked for, and each row's paired difference to ``raw pixels`` and to ``random init`` on the same test
-images and resamples (analysis.stats).
+its image-only target encoder), for every probe feature kind asked for, and each row's paired difference
+to ``raw pixels`` and to ``random init`` on the same test images and resamples (analysis.stats).
 
     python benchmarks/bench_signal.py --cache experiments/caches/synthetic-64px-... --run /tmp/run
     python benchmarks/bench_signal.py --cache C --run R1 --run R2 --features cls,cls_mean,last_cls:2

@@ -47,16 +47,17 @@ def compute_split(experiment: Path) -> dict[str, float]:
 
 
 def summarise(experiment: Path) -> dict:
-    """Compute and the scheduler's view: each variant's val AUROC at the last milestone it reached."""
+    """Compute and the scheduler's view: each arm's val AUROC at the last milestone it reached (arms as the
+    analysis defines them: the EHR variant and the setting of every other searched key)."""
     trials = load_trials(experiment)
-    by_variant = trials.groupby("variant")["val_auroc"].mean().sort_values(ascending=False)
+    by_arm = trials.groupby("arm")["val_auroc"].mean().sort_values(ascending=False)
     files = [p for p in experiment.rglob("*") if p.is_file() and "analysis" not in p.parts]
-    return {"trial_seconds": float(trials["trial_seconds"].sum()), "best": str(by_variant.index[0]),
+    return {"trial_seconds": float(trials["trial_seconds"].sum()), "best": str(by_arm.index[0]),
             "split": compute_split(experiment),
             "bytes_per_trial": sum(p.stat().st_size for p in files) / max(len(trials), 1),
             "full_checkpoints_per_trial": sum(p.name == "checkpoint.pt" for p in files) / max(len(trials), 1),
-            "val_auroc": {k: float(v) for k, v in by_variant.items()},
-            "epochs": {str(r.variant): int(r.epoch) for r in trials.itertuples()}}
+            "val_auroc": {k: float(v) for k, v in by_arm.items()},
+            "epochs": {str(r.arm): int(r.epoch) for r in trials.itertuples()}}
 
 
 def epoch_time(space: Space, storage: Path, workers: int) -> float:
@@ -105,8 +106,8 @@ def main() -> None:
 
 def report(space: Space, grid: dict, asha: dict, rho: float, epoch_s: dict) -> None:
     ratio = asha["trial_seconds"] / grid["trial_seconds"]
-    print(f"\nspace {space.name}: {len(grid['val_auroc'])} variants, milestones {list(space.scheduler.milestones)}")
-    print(f"{'run':<6}{'trial-s':>10}{'wall-s':>9}{'MB/trial':>10}{'ckpt/trial':>11}  best variant (val AUROC)")
+    print(f"\nspace {space.name}: {len(grid['val_auroc'])} arms, milestones {list(space.scheduler.milestones)}")
+    print(f"{'run':<6}{'trial-s':>10}{'wall-s':>9}{'MB/trial':>10}{'ckpt/trial':>11}  best arm (val AUROC)")
     for name, r in (("grid", grid), ("asha", asha)):
         print(f"{name:<6}{r['trial_seconds']:>10.0f}{r['wall_seconds']:>9.0f}{r['bytes_per_trial'] / 1e6:>10.1f}"
               f"{r['full_checkpoints_per_trial']:>11.1f}  {r['best']} ({r['val_auroc'][r['best']]:.4f})")
@@ -115,8 +116,8 @@ def report(space: Space, grid: dict, asha: dict, rho: float, epoch_s: dict) -> N
         print(f"{name} trial-seconds split: {c['train_seconds']:.0f} s epochs + {c['probe_seconds']:.0f} s probes + "
               f"{c['overhead_seconds']:.0f} s overhead = {c['trial_seconds']:.0f} s; overhead share "
               f"{c['overhead_share']:.3f} (goal <= 0.05)")
-    print(f"ASHA compute / grid compute: {ratio:.2f} (goal <= 0.35); same best variant: "
-          f"{grid['best'] == asha['best']}; Spearman rank correlation of variants: {rho:.2f}")
+    print(f"ASHA compute / grid compute: {ratio:.2f} (goal <= 0.35); same best arm: "
+          f"{grid['best'] == asha['best']}; Spearman rank correlation of arms: {rho:.2f}")
     print("epochs reached under ASHA: " + ", ".join(f"{k} {v}" for k, v in asha["epochs"].items()))
     print(f"Ray Train epoch time: 1 worker {epoch_s[1]:.2f} s, 2 workers {epoch_s[2]:.2f} s "
           f"(ratio {epoch_s[2] / epoch_s[1]:.2f})")
