@@ -171,6 +171,23 @@ def milestone_logger() -> Any:
     return MilestoneLine()
 
 
+def train_runs_cleanup(experiment: Path) -> Any:
+    """A Tune callback removing a trial's own state (``train_runs/<trial id>``: its Train run, ``latest``,
+    the reports it sent) once Tune is done with the trial: finished, stopped by the scheduler, or failed
+    for good (``--resume`` does not rerun failed trials). Only an unfinished trial keeps it, for ``--resume``."""
+    from ray.tune import Callback
+
+    from trainables.trial import own_dir
+
+    class TrainRunsCleanup(Callback):  # type: ignore[misc]
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            shutil.rmtree(own_dir(str(experiment), trial.trial_id), ignore_errors=True)
+
+        on_trial_error = on_trial_complete
+
+    return TrainRunsCleanup()
+
+
 def make_tuner(space: Space, experiment: Path, cache: Path, resume: bool) -> Any:
     from ray import tune
 
@@ -199,7 +216,7 @@ def make_tuner(space: Space, experiment: Path, cache: Path, resume: bool) -> Any
                                   failure_config=tune.FailureConfig(max_failures=retries), verbose=1,
                                   # the latest milestone's checkpoint serves --resume and a PBT exploit
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                  callbacks=[milestone_logger()]),
+                                  callbacks=[milestone_logger(), train_runs_cleanup(experiment)]),
     )
 
 

@@ -87,9 +87,9 @@ class MilestoneReport(TuneReportCallback):  # type: ignore[misc]
     once the Train run has ended: a scheduler stops a trial that reaches its full length at once, and a
     Train run killed while it shuts down can leave its placement group behind."""
 
-    def __init__(self, trial_dir: str, gpus: float, last: int) -> None:
+    def __init__(self, trial_dir: str, own: str, gpus: float, last: int) -> None:
         super().__init__()
-        self.trial_dir, self.gpus, self.last = Path(trial_dir), gpus, last
+        self.trial_dir, self.own, self.gpus, self.last = Path(trial_dir), Path(own), gpus, last
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         first = metrics[0]
@@ -100,33 +100,46 @@ class MilestoneReport(TuneReportCallback):  # type: ignore[misc]
                 _file_milestone(self.trial_dir, int(first["epoch"]), Path(folder))
         if int(first["epoch"]) < self.last:
             forwarded = tune_metrics(first, self.gpus)
-            _keep_report(self.trial_dir, forwarded)
+            _keep_report(self.own, forwarded)
             super().after_report(run_context, [forwarded], checkpoint)
 
 
-REPORTED = "reported"  # trial_dir/reported/epoch_XXX.json: each milestone report as Tune got it
+REPORTED = "reported"  # train_runs/<trial id>/reported/epoch_XXX.json: each milestone report as sent to Tune
 
 
-def _keep_report(trial_dir: Path, metrics: dict[str, Any]) -> None:
-    out = trial_dir / REPORTED
-    out.mkdir(exist_ok=True)
+def own_dir(experiment: str, trial_id: str) -> Path:
+    """``train_runs/<trial id>``: the trial's own state in the storage (its Train run for several workers,
+    ``latest`` for one in process, the reports it sent). Not the trial directory: that is a local
+    staging folder Tune copies into the storage, and a resumed sweep starts a new one."""
+    return Path(experiment) / "train_runs" / trial_id
+
+
+def _keep_report(own: Path, metrics: dict[str, Any]) -> None:
+    out = own / REPORTED
+    out.mkdir(parents=True, exist_ok=True)
     plain = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
     (out / f"epoch_{int(metrics['epoch']):03d}.json").write_text(json.dumps(plain))
 
 
-def replay_reports(trial_dir: Path) -> None:
-    """After ``--resume`` Tune restarts a trial that has no Tune checkpoint with an empty history, while its
-    Train run continues from its own checkpoint: report again the milestones Tune no longer holds."""
+def unlogged_reports(own: Path, logged: Path) -> list[dict[str, Any]]:
+    """The milestone reports this trial sent to Tune (kept under ``own``) that Tune's log of the trial
+    (``logged``, its result.json in the storage) lacks, oldest first."""
     seen = set()
     try:
-        seen = {json.loads(line).get("epoch") for line in (trial_dir / "result.json").read_text().splitlines()
-                if line.strip()}
+        seen = {json.loads(line).get("epoch") for line in logged.read_text().splitlines() if line.strip()}
     except (OSError, json.JSONDecodeError):
         pass
-    for path in sorted((trial_dir / REPORTED).glob("epoch_*.json")):
-        metrics = json.loads(path.read_text())
-        if metrics.get("epoch") not in seen:
-            ray.tune.report(metrics)
+    sent = (json.loads(path.read_text()) for path in sorted((own / REPORTED).glob("epoch_*.json")))
+    return [metrics for metrics in sent if metrics.get("epoch") not in seen]
+
+
+def replay_reports(own: Path, logged: Path) -> None:
+    """Report again what Tune did not log: the trial died inside ``ray.tune.report``, or the sweep was
+    interrupted before Tune saved the report, while the trial's own state is past that milestone. Tune's
+    log is at-least-once all the same: a report Tune took but had not yet synced to the storage can come
+    twice (same values); the analysis keeps one line per epoch."""
+    for metrics in unlogged_reports(own, logged):
+        ray.tune.report(metrics)
 
 
 def tune_metrics(metrics: dict[str, Any], gpus: float) -> dict[str, Any]:
@@ -157,8 +170,10 @@ def one_run(space: Space, cfg: Config, cache: str, experiment: str, trial_dir: P
             "tb_dir": str(trial_dir / "tb"), "milestones": list(space.scheduler.milestones),
             "report": {"variant": variant_name(cfg)}, "trial_start": time.time()}
     gpus = res.workers * res.gpus_per_worker
-    replay_reports(trial_dir)
-    result = _trainer(space, loop, trial_id, experiment, [MilestoneReport(str(trial_dir), gpus, space.epochs)]).fit()
+    own = own_dir(experiment, trial_id)
+    replay_reports(own, Path(experiment) / trial_dir.name / "result.json")
+    report_back = MilestoneReport(str(trial_dir), str(own), gpus, space.epochs)
+    result = _trainer(space, loop, trial_id, experiment, [report_back]).fit()
     _raise_non_finite(result)
     last = result.metrics or {}
     if last.get("val_auroc") is not None and int(last.get("epoch", 0)) == space.epochs:
@@ -198,13 +213,17 @@ def in_process(space: Space, cfg: Config, cache: str, experiment: str, trial_dir
     checkpoint (a retry, ``--resume``) and ``train_runs/<trial id>/latest`` to the last milestone. A
     divergence ends the trial as an error that a retry does not repeat."""
     # Not in the trial directory: Tune copies that (a local staging folder) into the storage as it goes.
-    own = Path(experiment) / "train_runs" / trial_id
+    own = own_dir(experiment, trial_id)
     if (own / NON_FINITE).is_file():  # Tune's retry of a diverged trial: fail again at once
         raise NonFiniteLossError((own / NON_FINITE).read_text())
     res, latest = space.resources, own / LATEST
     own.mkdir(parents=True, exist_ok=True)
     tune_checkpoint = ray.tune.get_checkpoint()
     start = _newest(Path(tune_checkpoint.path) if tune_checkpoint else None, latest)
+    # A milestone whose report Tune never logged (the process died in ray.tune.report, or the sweep was
+    # interrupted before Tune registered its checkpoint): `latest` holds that milestone, so report it again
+    # rather than train it again.
+    replay_reports(own, Path(experiment) / trial_dir.name / "result.json")
     loop = {"cfg": to_dict(cfg), "cache": cache, "init": None, "until_epoch": space.epochs,
             "tb_dir": str(trial_dir / "tb"), "milestones": list(space.scheduler.milestones),
             "report": {"variant": variant_name(cfg)}, "trial_start": time.time()}
@@ -215,15 +234,15 @@ def in_process(space: Space, cfg: Config, cache: str, experiment: str, trial_dir
             raise NonFiniteLossError(metrics["non_finite"])
         if folder is None:
             return
+        # Kept at milestones too: Tune registers a reported checkpoint a step after it logs the result,
+        # and a sweep interrupted in between restores the previous one. The driver removes it when the
+        # trial ends (`trainables.sweep.train_runs_cleanup`).
+        _replace_dir(folder, latest)
         if "val_auroc" in metrics:
             _file_milestone(trial_dir, int(metrics["epoch"]), folder)
-            # Older than this milestone's checkpoint from now on; removed first, so a trial the scheduler
-            # stops on this report leaves only Tune's copy.
-            shutil.rmtree(latest, ignore_errors=True)
-            ray.tune.report(tune_metrics(metrics, res.gpus_per_worker),
-                            checkpoint=ray.tune.Checkpoint.from_directory(str(folder)))
-        else:
-            _replace_dir(folder, latest)
+            told = tune_metrics(metrics, res.gpus_per_worker)
+            _keep_report(own, told)
+            ray.tune.report(told, checkpoint=ray.tune.Checkpoint.from_directory(str(folder)))
 
     train_loop(loop, 0, 1, resolve_device(cfg), None, start, report)
     shutil.rmtree(own, ignore_errors=True)  # Tune holds the last milestone's checkpoint
