@@ -173,15 +173,19 @@ def milestone_logger() -> Any:
 
 def train_runs_cleanup(experiment: Path) -> Any:
     """A Tune callback removing a trial's own state (``train_runs/<trial id>``: its Train run, ``latest``,
-    the reports it sent) once Tune is done with the trial: finished, stopped by the scheduler, or failed
-    for good (``--resume`` does not rerun failed trials). Only an unfinished trial keeps it, for ``--resume``."""
+    the reports it sent; under PBT its last segment) once Tune is done with the trial: finished, stopped
+    by the scheduler, or failed for good (``--resume`` does not rerun failed trials). Only an unfinished
+    trial keeps it, for ``--resume``."""
     from ray.tune import Callback
 
     from trainables.trial import own_dir
 
     class TrainRunsCleanup(Callback):  # type: ignore[misc]
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            shutil.rmtree(own_dir(str(experiment), trial.trial_id), ignore_errors=True)
+            own = own_dir(str(experiment), trial.trial_id)
+            # PBT's segments are Train runs named `<trial id>-eXXX-<hex>`; what a clone needs is Tune's copy
+            for path in [own, *own.parent.glob(f"{trial.trial_id}-e*")]:
+                shutil.rmtree(path, ignore_errors=True)
 
         on_trial_error = on_trial_complete
 
