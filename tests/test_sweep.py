@@ -150,7 +150,8 @@ def test_killed_optuna_sweep_resumes_without_running_a_trial_twice(tmp_path: Pat
     for t in trials:
         epochs = progress(t)["epoch"].tolist()
         assert epochs == [1, 2], (t.name, epochs)  # every milestone reported once, none lost
-        assert len(list(t.rglob("checkpoint.pt"))) == 1  # Tune's copy of the last milestone, nothing else
+        kept = [str(c.relative_to(t)) for c in t.rglob("checkpoint.pt")]
+        assert len(kept) == 1, kept  # Tune's copy of the last milestone, nothing else
     assert not list((experiment / "train_runs").iterdir())  # the trials' own state, removed as each ended
     # what was probed before the kill is kept, not redone: each trial continued from its checkpoint
     assert {p: p.stat().st_mtime_ns for p in probed} == probed

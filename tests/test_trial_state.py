@@ -39,3 +39,18 @@ def test_a_restarted_trial_starts_from_its_newest_state(tmp_path: Path) -> None:
     _replace_dir(state("next", 3), kept)  # replaced whole, no leftovers beside it
     assert json.loads((kept / RUN_INFO).read_text())["epoch"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "next", "staging", "tune_checkpoint"]
+
+
+def test_a_finished_trial_keeps_only_the_checkpoint_tune_registered(tmp_path: Path) -> None:
+    from trainables.sweep import prune_checkpoints
+
+    for name in ("checkpoint_000000", "checkpoint_000001", "checkpoint_000002"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "checkpoint.pt").write_text(name)
+    (tmp_path / "encoders").mkdir()
+    # checkpoint_000000 was written before an interrupt and never registered; 000001 is Tune's
+    prune_checkpoints(tmp_path, str(tmp_path / "checkpoint_000001"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000001", "encoders"]
+    (tmp_path / "checkpoint_000003").mkdir()
+    prune_checkpoints(tmp_path, None)  # none registered: the newest stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000003", "encoders"]

@@ -171,6 +171,18 @@ def milestone_logger() -> Any:
     return MilestoneLine()
 
 
+def prune_checkpoints(trial_dir: Path, kept: str | None) -> None:
+    """Remove a finished trial's Tune checkpoints other than ``kept`` (the one Tune registered; the newest
+    when it registered none). Tune deletes only the checkpoints it registered, and a checkpoint is written
+    to the trial directory before Tune registers it: a trial process that dies (or a sweep interrupted)
+    between the two leaves that checkpoint behind after the retry or ``--resume``."""
+    found = sorted(trial_dir.glob("checkpoint_*"))
+    keep = Path(kept).resolve() if kept else (found[-1].resolve() if found else None)
+    for path in found:
+        if path.is_dir() and path.resolve() != keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def train_runs_cleanup(experiment: Path) -> Any:
     """A Tune callback removing a trial's own state (``train_runs/<trial id>``: its Train run, ``latest``,
     the reports it sent; under PBT its last segment) once Tune is done with the trial: finished, stopped
@@ -186,6 +198,7 @@ def train_runs_cleanup(experiment: Path) -> Any:
             # PBT's segments are Train runs named `<trial id>-eXXX-<hex>`; what a clone needs is Tune's copy
             for path in [own, *own.parent.glob(f"{trial.trial_id}-e*")]:
                 shutil.rmtree(path, ignore_errors=True)
+            prune_checkpoints(Path(trial.path), trial.checkpoint.path if trial.checkpoint else None)
 
         on_trial_error = on_trial_complete
 
