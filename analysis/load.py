@@ -271,7 +271,7 @@ def status_of(rec: TrialRecord, last: int, scheduler: str) -> tuple[str, str]:
     if rec.tune_status == "TERMINATED":
         if epoch == 0:
             return STOPPED_EARLY, "stopped before its first milestone"
-        if scheduler in ("asha", "hyperband", "pbt"):
+        if scheduler in ("asha", "hyperband", "halving", "pbt"):
             return STOPPED_EARLY, f"stopped by scheduler ({scheduler}) at epoch {epoch} of {last}"
         return STOPPED_EARLY, f"stopped at epoch {epoch} of {last} (time budget or stopper; scheduler {scheduler})"
     if epoch == 0:

@@ -37,7 +37,9 @@ from mmsn.preflight import check_config
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "mmsn" / "configs"
 AXIS_KINDS = ("choice", "grid", "uniform", "loguniform", "int")
-SCHEDULERS = ("fifo", "asha", "hyperband", "pbt")
+SCHEDULERS = ("fifo", "asha", "hyperband", "halving", "pbt")
+# Schedulers that compare trials one by one: the seeds of one arm would be ranked as if different arms
+PER_TRIAL_SCHEDULERS = ("asha", "hyperband")
 ALGORITHMS = ("grid", "optuna", "random")
 METRICS = ("val_auroc",)
 INACTIVE = "-"  # value of a conditional axis that does not apply to a trial (e.g. features when fusion=none)
@@ -102,7 +104,10 @@ class SearchSpec:
     algorithm: str = "grid"
     num_samples: int = 1  # optuna/random: trials; grid: repeats of the whole grid
     points_to_evaluate: tuple[dict[str, Any], ...] = ()
-    seed: int = 0
+    seed: int = 0  # the sampler's seed; for a grid, the seed of the order its points start in
+    # grid: "shuffled" (seeded by `seed`: an asynchronous scheduler sees strong and weak arms early, not the
+    # file's first axis value first) or "given" (file order)
+    order: str = "shuffled"
 
     def __post_init__(self) -> None:
         _need(self.num_samples >= 1, "search.num_samples", "must be >= 1")
@@ -406,6 +411,8 @@ def validate(space: Space) -> None:
         raise _err(path, f"scheduler.milestones {list(sched.milestones)}: strictly increasing epochs >= 1")
     if space.search.algorithm == "grid" and any(a.kind not in ("choice", "grid") for a in space.axes):
         raise _err(path, "search.algorithm grid: every axis must be choice or grid")
+    if space.search.order not in ("shuffled", "given"):
+        raise _err(path, f"search.order {space.search.order!r}; valid: shuffled, given")
     if sched.type == "pbt" and not sched.mutations:
         raise _err(path, "scheduler.mutations: PBT needs at least one mutated key")
     for key, _ in sched.mutations:
@@ -421,6 +428,26 @@ def validate(space: Space) -> None:
             space.config({**{k: allowed[0] for k, allowed in axis.when}, axis.key: value})
     for point in space.search.points_to_evaluate:
         space.config({k: encode_value(v) for k, v in point.items()})
+
+
+def check_scheduler(space: Space) -> None:
+    """What a sweep checks before it starts, beyond :func:`validate`: a multi-fidelity scheduler must compare
+    arms, not the seeds of one arm against each other. (Not part of loading: an experiment run before this
+    rule still loads for its analysis.)"""
+    path, sched, search = space.path, space.scheduler, space.search
+    repeats = len(space.seeds) * (search.num_samples if search.algorithm == "grid" else 1)
+    if sched.type in PER_TRIAL_SCHEDULERS and repeats > 1:
+        raise _err(path, f"scheduler.type {sched.type} compares trials one by one, so the {repeats} runs of an "
+                         "arm (seeds x grid repeats) would be ranked as if they were different arms: use "
+                         "scheduler.type halving (synchronous successive halving of arms by their mean over "
+                         "seeds) or fifo")
+    if sched.type == "halving":
+        if search.algorithm != "grid":
+            raise _err(path, "scheduler.type halving ranks the arms of a grid (every arm reaches a rung before "
+                             f"any is promoted); search.algorithm {search.algorithm}: use asha")
+        if len(sched.milestones) < 2:
+            raise _err(path, "scheduler.type halving: give at least two milestones (the rungs are every "
+                             "milestone but the last)")
 
 
 def grid_points(space: Space) -> list[dict[str, Any]]:

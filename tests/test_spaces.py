@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 
 from mmsn.errors import ConfigError
-from search_spaces.loader import INACTIVE, grid_points, load_space, shipped_spaces, suggest, variant_name
+from search_spaces.loader import (
+    INACTIVE,
+    check_scheduler,
+    grid_points,
+    load_space,
+    shipped_spaces,
+    suggest,
+    variant_name,
+)
 
 QUICK = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml"
 
@@ -49,10 +57,26 @@ def write(tmp_path: Path, text: str) -> Path:
     ("axes: {ehr.fusion: {choice: [none]}}\nscheduler: {milestones: [4, 2]}", r"strictly increasing"),
     ("axes: {optim.lr: {loguniform: [0.0001, 0.01]}}\nsearch: {algorithm: grid}", r"every axis must be choice"),
     ("axes: {ehr.features: {choice: [[age]], when: {ehr.fusionn: [film]}}}", r"when: unknown config key"),
+    ("axes: {ehr.fusion: {grid: [none]}}\nsearch: {order: random}", r"search\.order 'random'"),
 ])
 def test_invalid_spaces_name_key_and_file(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_space(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("text, message", [
+    # a per-trial scheduler would rank the seeds of one arm against each other
+    ("axes: {ehr.fusion: {grid: [none]}}\nseeds: [0, 1]\nscheduler: {type: asha}", r"2 runs of an arm"),
+    ("axes: {ehr.fusion: {grid: [none]}}\nsearch: {num_samples: 2}\nscheduler: {type: hyperband}",
+     r"hyperband compares trials one by one"),
+    ("axes: {ehr.fusion: {choice: [none]}}\nsearch: {algorithm: optuna}\nscheduler: {type: halving}",
+     r"halving ranks the arms of a grid"),
+    ("axes: {ehr.fusion: {grid: [none]}}\nscheduler: {type: halving, milestones: [4]}", r"at least two milestones"),
+])
+def test_a_sweep_refuses_a_scheduler_that_cannot_rank_its_arms(tmp_path: Path, text: str, message: str) -> None:
+    space = load_space(write(tmp_path, text))  # loads (an old experiment's analysis reads it) ...
+    with pytest.raises(ConfigError, match=message):  # ... but does not run
+        check_scheduler(space)
 
 
 class FakeTrial:
@@ -112,3 +136,29 @@ def test_data_cache_is_keyed_on_the_whole_spec_and_the_renderer(tmp_path: Path,
     assert other != first and '"split": "0.5,0.25,0.25"' in (other / "data_spec.json").read_text()
     monkeypatch.setattr(mmsn.data.synthetic, "RENDERER_VERSION", mmsn.data.synthetic.RENDERER_VERSION + 1)
     assert ensure_cache(space(), tmp_path) not in (first, other)  # other films: a new cache
+
+
+def test_halving_keeps_the_best_arms_by_their_mean_whatever_the_order() -> None:
+    from trainables.halving import keep_arms
+
+    scores = {"a": 0.61, "b": 0.70, "c": 0.55, "d": 0.66, "e": float("nan")}
+    assert keep_arms(scores, 2) == ["b", "d", "a"]  # ceil(5 / 2); NaN ranks last
+    assert keep_arms(dict(reversed(list(scores.items()))), 2) == ["b", "d", "a"]
+    assert keep_arms(scores, 4) == ["b", "d"] and keep_arms({"a": 0.5}, 3) == ["a"]
+    assert keep_arms({"x": 0.5, "w": 0.5, "y": 0.4}, 2) == ["w", "x"]  # ties by name: the same on every run
+    assert keep_arms({"a": 0.2, "b": 0.1}, 2, mode="min") == ["b"]
+
+
+def test_grid_order_is_shuffled_by_the_search_seed_unless_given(tmp_path: Path) -> None:
+    from trainables.sweep import build_search
+
+    def order(text: str) -> list:
+        search = build_search(load_space(write(tmp_path, text)), tmp_path)[0]
+        return [p["optim.lr"] for p in search._points_to_evaluate]
+
+    axes = "axes: {optim.lr: {grid: [0.1, 0.01, 0.001, 0.0001, 0.00001]}}\n"
+    given = order(axes + "search: {order: given}")
+    assert given == [0.1, 0.01, 0.001, 0.0001, 0.00001]
+    shuffled = order(axes)
+    assert sorted(shuffled) == sorted(given) and shuffled != given
+    assert order(axes) == shuffled and order(axes + "search: {seed: 1}") != shuffled

@@ -185,3 +185,56 @@ def test_a_diverging_trial_fails_once_with_its_reason_and_the_sweep_goes_on(tmp_
     # ... and the retry failed from the divergence marker before training: one TensorBoard writer, not two
     assert len(list((errors[0] / "tb").glob("events.out.tfevents.*"))) == 1
     assert not list((experiment / "train_runs").iterdir())  # the marker went with the failed trial
+
+
+def test_halving_promotes_whole_arms_by_their_mean_after_every_arm_reached_the_rung(tmp_path: Path) -> None:
+    import yaml
+
+    raw = yaml.safe_load((SPACES / "quickstart.yaml").read_text())  # 4 arms x 2 seeds, one rung (epoch 1)
+    raw["name"], raw["seeds"] = "halving", [0, 1]
+    raw["scheduler"] = {"type": "halving", "milestones": [1, 2], "reduction_factor": 2}
+    raw["smoke"]["scheduler"] = {"milestones": [1, 2]}
+    raw["smoke"]["resources"] = {"workers": 1, "cpus_per_worker": 1, "max_concurrent_trials": 2}
+    space = tmp_path / "halving.yaml"
+    space.write_text(yaml.safe_dump(raw))
+    cmd = [sys.executable, "-m", "trainables.sweep", str(space), "--smoke", "--storage", str(tmp_path)]
+    experiment = tmp_path / "halving-smoke"
+    # interrupted while some trials wait at the rung: --resume must keep them waiting, not train them on
+    log = (tmp_path / "first.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and _rung_values(experiment) < 3:
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    log.close()
+    assert "1" not in json.loads((experiment / "halving" / "state.json").read_text())["decided"]
+    out = run_sweep(str(space), tmp_path, "--resume")
+    state = json.loads((experiment / "halving" / "state.json").read_text())
+    # Tune's log is at-least-once: a trial restarted at the rung reports it again (the same values)
+    runs = {"_".join(t.name.split("_")[2:4]): progress(t).drop_duplicates("epoch") for t in trial_dirs(experiment)}
+    assert len(runs) == 8 and set(state["arms"]) == set(runs)
+    rung = state["decided"]["1"]
+    by_arm: dict[str, list[float]] = {}
+    for trial_id, rows in runs.items():  # the scores are the arms' means over seeds of what Tune logged
+        by_arm.setdefault(state["arms"][trial_id], []).append(float(rows.iloc[0]["val_auroc"]))
+    assert rung["scores"] == pytest.approx({arm: sum(v) / len(v) for arm, v in by_arm.items()})
+    assert rung["kept"] == sorted(rung["scores"], key=lambda a: -rung["scores"][a])[:2]
+    for trial_id, rows in runs.items():  # both seeds of an arm share its fate
+        kept = state["arms"][trial_id] in rung["kept"]
+        assert rows["epoch"].tolist() == ([1, 2] if kept else [1]), (trial_id, rows["epoch"].tolist())
+    # synchronous: no trial went past the rung before every trial had reached it
+    assert max(rows.iloc[0]["timestamp"] for rows in runs.values()) <= min(
+        rows.iloc[1]["timestamp"] for rows in runs.values() if len(rows) > 1)
+    assert "PAUSED" in out  # trials waited at the rung without holding a slot
+    assert not list((experiment / "train_runs").iterdir())
+    assert all(len(list(t.rglob("checkpoint.pt"))) == 1 for t in trial_dirs(experiment))
+    assert "Arms ranked by test macro AUROC" in out
+
+
+def _rung_values(experiment: Path) -> int:
+    try:
+        return len(json.loads((experiment / "halving" / "state.json").read_text())["values"])
+    except (OSError, ValueError, KeyError):
+        return 0

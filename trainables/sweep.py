@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import shutil
 import sys
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from typing import Any
 
 from mmsn.data.cache import open_cache
 from mmsn.errors import MMSNError
-from search_spaces.loader import INACTIVE, Space, encode_value, grid_points, load_space, suggest
+from search_spaces.loader import INACTIVE, Space, check_scheduler, encode_value, grid_points, load_space, suggest
 
 DATA_SPEC = "data_spec.json"  # inside a sweep's cache: the whole data spec it was prepared from
 
@@ -72,11 +73,16 @@ def build_search(space: Space, experiment: Path) -> tuple[Any, dict[str, Any], i
         # TensorBoard hparams view get one column per axis; an inactive conditional axis shows INACTIVE.
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
+        from trainables.halving import HalvingGenerator
+
         keys = [a.key for a in space.axes] + ["train.seed"]
         points = [{k: p.get(k, INACTIVE) for k in keys} for p in grid_points(space)] * space.search.num_samples
+        if space.search.order == "shuffled":
+            random.Random(space.search.seed).shuffle(points)
         param_space = {k: tune.choice(sorted({p[k] for p in points}, key=str)) for k in keys}
         limit = space.resources.max_concurrent_trials  # TuneConfig's limit does not reach a given generator
-        return BasicVariantGenerator(points_to_evaluate=points, max_concurrent=limit), param_space, len(points)
+        generator = HalvingGenerator if space.scheduler.type == "halving" else BasicVariantGenerator
+        return generator(points_to_evaluate=points, max_concurrent=limit), param_space, len(points)
     import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -103,11 +109,15 @@ class DefineByRun:
         return {k: v for k, v in params.items() if k not in trial.params}  # constants only
 
 
-def build_scheduler(space: Space) -> Any:
-    """ASHA / HyperBand / PBT / FIFO acting on the probe's val AUROC at each milestone epoch."""
+def build_scheduler(space: Space, experiment: Path, search: Any) -> Any:
+    """ASHA / HyperBand / halving / PBT / FIFO acting on the probe's val AUROC at each milestone epoch."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, PopulationBasedTraining
 
+    from trainables.halving import ArmHalving
+
     s, m = space.scheduler, space.scheduler.milestones
+    if s.type == "halving":  # the grid's generator: a trial paused at a rung frees its slot there
+        return ArmHalving(space, experiment, search)
     common = {"time_attr": "epoch", "metric": space.metric, "mode": space.mode}
     if s.type == "asha":
         return ASHAScheduler(max_t=m[-1], grace_period=m[0], reduction_factor=s.reduction_factor, **common)
@@ -226,7 +236,8 @@ def make_tuner(space: Space, experiment: Path, cache: Path, resume: bool) -> Any
     search, param_space, num_samples = build_search(space, experiment)
     return tune.Tuner(
         trainable, param_space=param_space,
-        tune_config=tune.TuneConfig(search_alg=search, scheduler=build_scheduler(space), num_samples=num_samples,
+        tune_config=tune.TuneConfig(search_alg=search, scheduler=build_scheduler(space, experiment, search),
+                                    num_samples=num_samples,
                                     max_concurrent_trials=space.resources.max_concurrent_trials,
                                     time_budget_s=space.budget.time_budget_s or None),
         run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent),
@@ -258,10 +269,10 @@ def check_resources(space: Space, wait: bool) -> None:
     """Refuse, with the numbers, a trial the connected cluster can never hold; ``wait`` (an autoscaling
     cluster) only says what the sweep will wait for."""
     from trainables.resources import DRIVER_CPUS, cluster_nodes, unmet
-    from trainables.trial import runs_in_process
+    from trainables.trial import runs_in_process, runs_in_segments
 
     problems = unmet(space.resources, cluster_nodes(), driver=0.0 if runs_in_process(space) else DRIVER_CPUS,
-                     probe_task=space.scheduler.type == "pbt")
+                     probe_task=runs_in_segments(space))
     if not problems:
         return
     what = "; ".join(problems)
@@ -276,6 +287,7 @@ def run_space(space: Space, experiment: Path, smoke: bool = False, resume: bool 
               address: str | None = None, wait_for_resources: bool = False, verbose: bool = False) -> Path:
     """Run (or resume) a loaded space as experiment ``experiment``; its parent holds the data caches."""
     storage = experiment.parent
+    check_scheduler(space)
     if not resume and list(experiment.glob("experiment_state-*.json")):
         raise MMSNError(f"{experiment}: holds a sweep; pass --resume to continue it or --name for a new one")
     start_ray(space, address, verbose)

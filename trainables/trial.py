@@ -1,6 +1,6 @@
 """The Tune trainable: pretraining with a linear probe at each milestone (RESEARCH.md section 5, way B).
 
-FIFO, ASHA and HyperBand, one worker per trial: the trial trains in its own process (a Tune function
+FIFO, ASHA, HyperBand and halving, one worker per trial: the trial trains in its own process (a Tune function
 trainable holding the worker's CPUs/GPUs): no worker group to start, ~10-25 s saved per trial on a small
 machine. Each milestone is probed in place (val and test) and reported to Tune with the full checkpoint
 (Tune keeps the latest, which serves a retry and ``--resume``); the epochs between milestones keep their
@@ -13,9 +13,10 @@ report to Tune and files the probe results and encoder export in the trial direc
 trial, so ``--resume`` continues from its latest checkpoint. A trial the scheduler stops is stopped with
 its worker group.
 
-PBT: a trial must be cloneable at each milestone, so it pretrains up to each milestone as its own
-``TorchTrainer.fit()``, probes the run as a separate Ray task with its own resources and reports *with
-a Tune checkpoint*, which PBT copies when it exploits.
+PBT, and halving with several workers: a trial must be cloneable (PBT) or pausable (halving pauses a
+trial at a rung until every arm reached it) at each milestone, so it pretrains up to each milestone as
+its own ``TorchTrainer.fit()``, probes the run as a separate Ray task with its own resources and reports
+*with a Tune checkpoint*, which PBT copies when it exploits and a paused trial restarts from.
 
 Test AUROC is written to the trial directory for the final analysis and never reported to the scheduler.
 """
@@ -41,6 +42,7 @@ from mmsn.config import Config, to_dict
 from mmsn.engine import NonFiniteLossError, resolve_device
 from mmsn.loop import log_probe
 from search_spaces.loader import Space, variant_name
+from trainables.halving import awaiting_rung
 from trainables.worker import run_info, train_loop, train_segment, write_probes
 
 TRIAL_INFO = "trial.json"  # cumulative compute of a PBT trial, inside each reported checkpoint
@@ -133,13 +135,25 @@ def unlogged_reports(own: Path, logged: Path) -> list[dict[str, Any]]:
     return [metrics for metrics in sent if metrics.get("epoch") not in seen]
 
 
-def replay_reports(own: Path, logged: Path) -> None:
+def replay_reports(own: Path, experiment: str, trial_dir: Path, state: Path | None = None,
+                   awaiting: bool = False) -> None:
     """Report again what Tune did not log: the trial died inside ``ray.tune.report``, or the sweep was
-    interrupted before Tune saved the report, while the trial's own state is past that milestone. Tune's
-    log is at-least-once all the same: a report Tune took but had not yet synced to the storage can come
-    twice (same values); the analysis keeps one line per epoch."""
-    for metrics in unlogged_reports(own, logged):
-        ray.tune.report(metrics)
+    interrupted before Tune saved the report, while the trial's own state is past that milestone. The
+    milestone that ``state`` (the run directory the trial restarts from) holds is reported last, with its
+    probe files and encoder filed again (the trial directory Tune synced may predate them) and ``state`` as
+    its checkpoint; so is it when ``awaiting`` (halving: a rung the trial was not promoted past, reported
+    again for the scheduler to pause, stop or promote it; this returns only if promoted).
+    Tune's log is at-least-once all the same: a report Tune took but had not yet synced to the storage can
+    come twice (same values); the analysis keeps one line per epoch."""
+    epoch = int(run_info(state).get("epoch", -1))
+    unlogged = unlogged_reports(own, Path(experiment) / trial_dir.name / "result.json")
+    for metrics in unlogged:
+        if int(metrics["epoch"]) != epoch:
+            ray.tune.report(metrics)
+    if state is not None and (awaiting or any(int(m["epoch"]) == epoch for m in unlogged)):
+        _file_milestone(trial_dir, epoch, state)
+        metrics = json.loads((own / REPORTED / f"epoch_{epoch:03d}.json").read_text())
+        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(state)))
 
 
 def tune_metrics(metrics: dict[str, Any], gpus: float) -> dict[str, Any]:
@@ -171,7 +185,7 @@ def one_run(space: Space, cfg: Config, cache: str, experiment: str, trial_dir: P
             "report": {"variant": variant_name(cfg)}, "trial_start": time.time()}
     gpus = res.workers * res.gpus_per_worker
     own = own_dir(experiment, trial_id)
-    replay_reports(own, Path(experiment) / trial_dir.name / "result.json")
+    replay_reports(own, experiment, trial_dir)
     report_back = MilestoneReport(str(trial_dir), str(own), gpus, space.epochs)
     result = _trainer(space, loop, trial_id, experiment, [report_back]).fit()
     _raise_non_finite(result)
@@ -183,6 +197,13 @@ def one_run(space: Space, cfg: Config, cache: str, experiment: str, trial_dir: P
 def runs_in_process(space: Space) -> bool:
     """One worker and a scheduler that never clones: the trial trains in its own process (no Ray Train)."""
     return space.resources.workers == 1 and space.scheduler.type != "pbt"
+
+
+def runs_in_segments(space: Space) -> bool:
+    """Several workers under a scheduler that pauses or clones trials at milestones (PBT, halving): one
+    Train run per milestone, probed by a Ray task (``resources.probe_cpus/gpus``), reported with a Tune
+    checkpoint. (Under PBT also one worker: PBT restores clones into other trials.)"""
+    return space.scheduler.type == "pbt" or (space.scheduler.type == "halving" and not runs_in_process(space))
 
 
 LATEST = "latest"  # train_runs/<trial id>/latest: an in-process trial's newest checkpoint between milestones
@@ -209,7 +230,7 @@ def _replace_dir(source: Path, target: Path) -> None:
 
 
 def in_process(space: Space, cfg: Config, cache: str, experiment: str, trial_dir: Path, trial_id: str) -> None:
-    """One-worker FIFO / ASHA / HyperBand: the trial's own process trains from the newest of its Tune
+    """One-worker FIFO / ASHA / HyperBand / halving: the trial's own process trains from the newest of its Tune
     checkpoint (a retry, ``--resume``) and ``train_runs/<trial id>/latest`` to the last milestone. A
     divergence ends the trial as an error that a retry does not repeat."""
     # Not in the trial directory: Tune copies that (a local staging folder) into the storage as it goes.
@@ -223,7 +244,8 @@ def in_process(space: Space, cfg: Config, cache: str, experiment: str, trial_dir
     # A milestone whose report Tune never logged (the process died in ray.tune.report, or the sweep was
     # interrupted before Tune registered its checkpoint): `latest` holds that milestone, so report it again
     # rather than train it again.
-    replay_reports(own, Path(experiment) / trial_dir.name / "result.json")
+    awaiting = awaiting_rung(experiment, space, trial_id, int(run_info(start).get("epoch", 0)))
+    replay_reports(own, experiment, trial_dir, start, awaiting)
     loop = {"cfg": to_dict(cfg), "cache": cache, "init": None, "until_epoch": space.epochs,
             "tb_dir": str(trial_dir / "tb"), "milestones": list(space.scheduler.milestones),
             "report": {"variant": variant_name(cfg)}, "trial_start": time.time()}
@@ -264,8 +286,12 @@ def _probe(space: Space, run_dir: str, cache: str) -> dict[str, Any]:
 
 
 def segments(space: Space, cfg: Config, cache: str, experiment: str, trial_dir: Path, trial_id: str) -> None:
-    """PBT: one Train run per milestone, each probed by a Ray task and reported with a Tune checkpoint."""
+    """PBT, and halving with several workers: one Train run per milestone, each probed by a Ray task and
+    reported with a Tune checkpoint."""
     run_dir, done = _restore(ray.tune.get_checkpoint())
+    own = own_dir(experiment, trial_id)
+    if run_dir is not None and awaiting_rung(experiment, space, trial_id, int(done["epoch"])):
+        replay_reports(own, experiment, trial_dir, Path(run_dir), awaiting=True)
     total = {k: float(done.get(k, 0.0)) for k in ("trial_seconds", "train_seconds", "probe_seconds")}
     writer = SummaryWriter(str(trial_dir / "tb"))
     previous: Path | None = None  # this trial's last Train run under train_runs/
@@ -293,10 +319,10 @@ def segments(space: Space, cfg: Config, cache: str, experiment: str, trial_dir: 
             log_probe(writer, probes["val"], milestone)
             (Path(run_dir) / TRIAL_INFO).write_text(json.dumps({"epoch": milestone, **total}))
             gpus = total["train_seconds"] * res.workers * res.gpus_per_worker + total["probe_seconds"] * res.probe_gpus
-            ray.tune.report(
-                {"val_auroc": probes["val"]["macro_auroc"], "epoch": milestone, "loss": (result.metrics or {})["loss"],
-                 **total, "gpu_seconds": gpus, "variant": variant_name(cfg)},
-                checkpoint=ray.tune.Checkpoint.from_directory(run_dir))
+            metrics = {"val_auroc": probes["val"]["macro_auroc"], "epoch": milestone, **total,
+                       "loss": (result.metrics or {})["loss"], "gpu_seconds": gpus, "variant": variant_name(cfg)}
+            _keep_report(own, metrics)
+            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(run_dir))
     finally:
         writer.close()
 
@@ -305,5 +331,5 @@ def msn_trial(config: dict[str, Any], space: Space, cache: str, experiment: str)
     """Tune function trainable. ``config`` holds the sampled params, flat dotted keys (``optim.lr``)."""
     cfg = space.config(dict(config))
     context = ray.tune.get_context()
-    run = segments if space.scheduler.type == "pbt" else in_process if runs_in_process(space) else one_run
+    run = segments if runs_in_segments(space) else in_process if runs_in_process(space) else one_run
     run(space, cfg, cache, experiment, Path(context.get_trial_dir()), context.get_trial_id())
