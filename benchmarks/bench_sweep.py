@@ -1,14 +1,17 @@
-"""Sweep efficiency: the same EHR-variant space as (a) a full-budget grid and (b) ASHA on probe AUROC.
+"""Multi-fidelity against the full grid: does a scheduler find the grid's best arm at a fraction of its compute?
 
-Prints both compute totals (trial-seconds) with their split into epoch compute, probes and overhead
-(worker-group starts, state loading, checkpoints; goal <= 5 %), disk per trial, whether ASHA picks the
-same best variant as the full grid and the rank correlation of the variants, then the per-epoch time
-of Ray Train pretraining with 1 and 2 workers. Goal: the same best variant at <= 35 % of the grid's
-compute.
+Runs one space as (a) FIFO, every arm to the last milestone (the full grid), and (b) each scheduler of
+``--schedulers`` (default: the space's own; ``asha``, ``hyperband``, ``halving``) on the probe's val AUROC,
+with the same milestones. Prints per run the trial-seconds (split into epochs, probes and overhead: worker
+starts, state loading, checkpoints; goal <= 5 %), wall seconds and disk per trial; per scheduler its compute
+over the grid's, whether its best arm is the grid's (best: the highest mean val AUROC over seeds at the last
+milestone, among arms that reached it), the Spearman correlation of the arms' val AUROC (at the last
+milestone each reached) with the grid's, and the epochs each arm reached; then (``--epoch-time``) the epoch
+time of Ray Train pretraining with 1 and 2 workers. Goal: the same best arm at <= 35 % of the grid's compute.
 
-    python benchmarks/bench_sweep.py                      # search_spaces/quickstart.yaml (~15 min on 2 cores)
-    python benchmarks/bench_sweep.py --milestones 2,4,8   # half the budget (~12 min)
-    python benchmarks/bench_sweep.py --smoke              # its smoke corner (~4 min)
+    python benchmarks/bench_sweep.py --space benchmarks/spaces/lr_mask.yaml --schedulers asha,halving
+    python benchmarks/bench_sweep.py --milestones 2,4,8 --epoch-time   # the quickstart, half its budget
+    python benchmarks/bench_sweep.py --smoke                            # the smoke corner (~4 min)
 """
 
 from __future__ import annotations
@@ -46,18 +49,19 @@ def compute_split(experiment: Path) -> dict[str, float]:
     return {**totals, "overhead_seconds": overhead, "overhead_share": overhead / max(totals["trial_seconds"], 1e-9)}
 
 
-def summarise(experiment: Path) -> dict:
+def summarise(experiment: Path, last: int) -> dict:
     """Compute and the scheduler's view: each arm's val AUROC at the last milestone it reached (arms as the
-    analysis defines them: the EHR variant and the setting of every other searched key)."""
+    analysis defines them: the EHR variant and the setting of every other searched key, seeds pooled)."""
     trials = load_trials(experiment)
     by_arm = trials.groupby("arm")["val_auroc"].mean().sort_values(ascending=False)
+    full = trials[trials["epoch"] >= last].groupby("arm")["val_auroc"].mean().sort_values(ascending=False)
     files = [p for p in experiment.rglob("*") if p.is_file() and "analysis" not in p.parts]
-    return {"trial_seconds": float(trials["trial_seconds"].sum()), "best": str(by_arm.index[0]),
+    return {"trial_seconds": float(trials["trial_seconds"].sum()), "best": str(full.index[0]) if len(full) else "-",
             "split": compute_split(experiment),
             "bytes_per_trial": sum(p.stat().st_size for p in files) / max(len(trials), 1),
             "full_checkpoints_per_trial": sum(p.name == "checkpoint.pt" for p in files) / max(len(trials), 1),
             "val_auroc": {k: float(v) for k, v in by_arm.items()},
-            "epochs": {str(r.arm): int(r.epoch) for r in trials.itertuples()}}
+            "epochs": {str(arm): int(e) for arm, e in trials.groupby("arm")["epoch"].max().items()}}
 
 
 def epoch_time(space: Space, storage: Path, workers: int) -> float:
@@ -84,43 +88,60 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--storage", type=Path, default=None, help="default: a temporary directory")
     parser.add_argument("--milestones", default=None, help="override, e.g. 2,4,8 (a shorter budget)")
+    parser.add_argument("--schedulers", default=None, help="comma-separated; default: the space's own")
+    parser.add_argument("--epoch-time", action="store_true", help="also time a Ray Train epoch, 1 and 2 workers")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     storage = (args.storage or Path(tempfile.mkdtemp(prefix="mmsn-bench-sweep-"))).resolve()
     space = load_space(args.space, smoke=args.smoke)
     if args.milestones:
         space = with_scheduler(space, space.scheduler.type, tuple(int(m) for m in args.milestones.split(",")))
+    kinds = (args.schedulers or space.scheduler.type).split(",")
     results: dict = {}
-    for name, kind in (("grid", "fifo"), ("asha", "asha")):
+    for kind in ["fifo", *kinds]:
+        name = "grid" if kind == "fifo" else kind
         start = time.time()
         run_space(with_scheduler(space, kind), storage / f"{space.name}-{name}", smoke=args.smoke)
-        results[name] = {**summarise(storage / f"{space.name}-{name}"), "wall_seconds": time.time() - start}
-    grid, asha = results["grid"], results["asha"]
-    common = sorted(grid["val_auroc"])
-    rho = spearmanr([grid["val_auroc"][v] for v in common], [asha["val_auroc"][v] for v in common])[0]
-    results["epoch_seconds"] = {w: epoch_time(space, storage, w) for w in (1, 2)}
-    report(space, grid, asha, float(rho), results["epoch_seconds"])
+        results[name] = {**summarise(storage / f"{space.name}-{name}", space.epochs),
+                         "wall_seconds": time.time() - start}
+    grid = results["grid"]
+    for kind in kinds:
+        run = results[kind]
+        common = sorted(grid["val_auroc"])
+        run["spearman"] = float(spearmanr([grid["val_auroc"][a] for a in common],
+                                          [run["val_auroc"][a] for a in common])[0])
+        run["compute_ratio"] = run["trial_seconds"] / grid["trial_seconds"]
+        run["same_best"] = run["best"] == grid["best"]
+    if args.epoch_time:
+        results["epoch_seconds"] = {w: epoch_time(space, storage, w) for w in (1, 2)}
+    report(space, results, kinds)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
 
-def report(space: Space, grid: dict, asha: dict, rho: float, epoch_s: dict) -> None:
-    ratio = asha["trial_seconds"] / grid["trial_seconds"]
-    print(f"\nspace {space.name}: {len(grid['val_auroc'])} arms, milestones {list(space.scheduler.milestones)}")
-    print(f"{'run':<6}{'trial-s':>10}{'wall-s':>9}{'MB/trial':>10}{'ckpt/trial':>11}  best arm (val AUROC)")
-    for name, r in (("grid", grid), ("asha", asha)):
-        print(f"{name:<6}{r['trial_seconds']:>10.0f}{r['wall_seconds']:>9.0f}{r['bytes_per_trial'] / 1e6:>10.1f}"
-              f"{r['full_checkpoints_per_trial']:>11.1f}  {r['best']} ({r['val_auroc'][r['best']]:.4f})")
-    for name, r in (("grid", grid), ("asha", asha)):
-        c = r["split"]
+def report(space: Space, results: dict, kinds: list[str]) -> None:
+    print(f"\nspace {space.name}: {len(results['grid']['val_auroc'])} arms, seeds {list(space.seeds)}, "
+          f"milestones {list(space.scheduler.milestones)}, reduction factor {space.scheduler.reduction_factor}")
+    print(f"{'run':<9}{'trial-s':>9}{'wall-s':>8}{'MB/trial':>10}{'ckpt/trial':>11}  best arm (val AUROC)")
+    for name in ["grid", *kinds]:
+        r = results[name]
+        best = f"{r['best']} ({r['val_auroc'][r['best']]:.4f})" if r["best"] in r["val_auroc"] else "-"
+        print(f"{name:<9}{r['trial_seconds']:>9.0f}{r['wall_seconds']:>8.0f}{r['bytes_per_trial'] / 1e6:>10.1f}"
+              f"{r['full_checkpoints_per_trial']:>11.1f}  {best}")
+    for name in ["grid", *kinds]:
+        c = results[name]["split"]
         print(f"{name} trial-seconds split: {c['train_seconds']:.0f} s epochs + {c['probe_seconds']:.0f} s probes + "
               f"{c['overhead_seconds']:.0f} s overhead = {c['trial_seconds']:.0f} s; overhead share "
               f"{c['overhead_share']:.3f} (goal <= 0.05)")
-    print(f"ASHA compute / grid compute: {ratio:.2f} (goal <= 0.35); same best arm: "
-          f"{grid['best'] == asha['best']}; Spearman rank correlation of arms: {rho:.2f}")
-    print("epochs reached under ASHA: " + ", ".join(f"{k} {v}" for k, v in asha["epochs"].items()))
-    print(f"Ray Train epoch time: 1 worker {epoch_s[1]:.2f} s, 2 workers {epoch_s[2]:.2f} s "
-          f"(ratio {epoch_s[2] / epoch_s[1]:.2f})")
+    for kind in kinds:
+        r = results[kind]
+        print(f"{kind} compute / grid compute: {r['compute_ratio']:.2f} (goal <= 0.35); same best arm: "
+              f"{r['same_best']}; Spearman rank correlation of arms: {r['spearman']:.2f}; wall "
+              f"{r['wall_seconds']:.0f} s vs grid {results['grid']['wall_seconds']:.0f} s")
+        print(f"epochs reached under {kind}: " + ", ".join(f"{k} {v}" for k, v in r["epochs"].items()))
+    if "epoch_seconds" in results:
+        e = results["epoch_seconds"]
+        print(f"Ray Train epoch time: 1 worker {e[1]:.2f} s, 2 workers {e[2]:.2f} s (ratio {e[2] / e[1]:.2f})")
 
 
 if __name__ == "__main__":
