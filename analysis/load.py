@@ -34,6 +34,9 @@ COMPLETED, STOPPED_EARLY, FAILED, UNFINISHED = "completed", "stopped_early", "fa
 # Tune names a trial's directory <trainable>_<id>_...; a trial directory is one that holds our files.
 _TRIAL_DIR = re.compile(r"_(?P<id>[0-9a-f]{5}_\d{5})(?:_|$)")
 _PROBE = re.compile(r"^epoch_(?P<epoch>\d+)\.json$")
+_PROBE_NPZ = re.compile(r"^epoch_(?P<epoch>\d+)_test\.npz$")
+_EVAL = re.compile(r"^epoch_(?P<epoch>\d+)_eval\.json$")  # the evaluation protocol's (mmsn.protocol)
+_EVAL_NPZ = re.compile(r"^epoch_(?P<epoch>\d+)_eval_(?P<name>.+)_test\.npz$")
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class ExperimentInfo:
     notes: tuple[str, ...] = ()
     space: Space | None = None
     cache: str | None = None  # the sweep's cache directory, as sweep.json records it
+    protocol: dict[str, Any] | None = None  # the evaluation protocol (mmsn.protocol.Protocol.to_dict), if any
 
 
 @dataclass
@@ -71,6 +75,8 @@ class TrialRecord:
     npz: dict[int, Path] = field(default_factory=dict)  # epoch -> probes/epoch_XXX_test.npz
     error: str | None = None
     last_result: dict[str, Any] = field(default_factory=dict)
+    protocol: dict[int, dict[str, Any]] = field(default_factory=dict)  # epoch -> probes/epoch_XXX_eval.json
+    protocol_npz: dict[int, dict[str, Path]] = field(default_factory=dict)  # epoch -> score name -> npz
 
     @property
     def epoch(self) -> int:
@@ -119,7 +125,7 @@ def read_info(experiment: Path) -> ExperimentInfo:
         search=space.search.algorithm if space else "?", axes=space.axes if space else (),
         seeds=space.seeds if space else (), num_samples=space.search.num_samples if space else 1,
         smoke=bool(sweep.get("smoke")), base=dict(space.base_overrides) if space else {}, notes=tuple(notes),
-        space=space, cache=sweep.get("cache"))
+        space=space, cache=sweep.get("cache"), protocol=sweep.get("protocol"))
 
 
 def expected_trials(info: ExperimentInfo) -> int | None:
@@ -187,9 +193,21 @@ def _probes(trial_dir: Path) -> tuple[dict[int, dict[str, Any]], dict[int, Path]
         match = _PROBE.match(path.name)
         if match and isinstance(probe := _read_json(path), dict):
             probes[int(match["epoch"])] = probe
-        elif path.name.endswith("_test.npz"):
-            npz[int(path.name.split("_")[1])] = path
+        elif match := _PROBE_NPZ.match(path.name):
+            npz[int(match["epoch"])] = path
     return probes, npz
+
+
+def _protocol(trial_dir: Path) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Path]]]:
+    """The evaluation protocol's summaries and per-image test scores, by epoch."""
+    summaries: dict[int, dict[str, Any]] = {}
+    npz: dict[int, dict[str, Path]] = {}
+    for path in sorted((trial_dir / "probes").glob("epoch_*_eval*")):
+        if (match := _EVAL.match(path.name)) and isinstance(summary := _read_json(path), dict):
+            summaries[int(match["epoch"])] = summary
+        elif match := _EVAL_NPZ.match(path.name):
+            npz.setdefault(int(match["epoch"]), {})[match["name"]] = path
+    return summaries, npz
 
 
 _SCRUB = [
@@ -245,6 +263,7 @@ def read_records(experiment: Path) -> tuple[list[TrialRecord], list[str]]:
         if trial_dir is not None:
             rec.results = _result_lines(trial_dir)
             rec.probes, rec.npz = _probes(trial_dir)
+            rec.protocol, rec.protocol_npz = _protocol(trial_dir)
             if not rec.params and rec.results:
                 rec.params = flatten_config(rec.results[max(rec.results)].get("config"))
         if rec.tune_status == "ERROR" or (rec.tune_status is None and trial_dir and (trial_dir / "error.txt").exists()):

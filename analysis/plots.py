@@ -197,3 +197,38 @@ def plot_compute(trials: pd.DataFrame, path: Path, metric: str, metric_label: st
     ax.set_title(title)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def plot_protocol(ranking: pd.DataFrame, path: Path, metric_label: str) -> Path:
+    """The evaluation protocol: each arm's mean (95 % CI) against the label fraction (log x), one panel per
+    evaluation dataset; reference rows dashed and grey."""
+    rows = ranking.dropna(subset=["mean"])
+    title = f"{metric_label} against the fraction of train labels, per evaluation dataset"
+    if rows.empty or "eval_dataset" not in rows:
+        return _message(path, title, "no protocol result yet: nothing to plot")
+    datasets = list(dict.fromkeys(rows["eval_dataset"]))
+    arms = sorted(set(rows.loc[rows["verdict"] != REFERENCE, "arm"]))
+    colours = arm_colors(arms)
+    fig = Figure(figsize=(4.6 * len(datasets) + 2.6, 4.2))
+    axes = fig.subplots(1, len(datasets), squeeze=False)[0]
+    for ax, dataset in zip(axes, datasets):
+        part = rows[rows["eval_dataset"] == dataset]
+        for arm, line in part.groupby("arm"):
+            line = line.sort_values("label_fraction")
+            reference = (line["verdict"] == REFERENCE).all()
+            err = np.vstack([line["mean"] - line["ci_lo"], line["ci_hi"] - line["mean"]])
+            ax.errorbar(line["label_fraction"], line["mean"], yerr=None if np.isnan(err).any() else err,
+                        color="#8c8c8c" if reference else colours[arm], linestyle="--" if reference else "-",
+                        marker="^" if reference else "o", capsize=3, label=arm)
+        ax.set_xscale("log")
+        fractions = sorted(set(part["label_fraction"]))
+        ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
+        ax.set_xlabel("fraction of train labels (whole patients; log scale)")
+        ax.set_ylabel(f"{metric_label} (mean, 95 % CI)")
+        ax.set_title(dataset)
+        ax.grid(alpha=0.3)
+    handles, names = axes[-1].get_legend_handles_labels()
+    axes[-1].legend(handles, names, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small",
+                    title="arm (dashed: reference)")
+    fig.suptitle(title)
+    return _save(fig, path)

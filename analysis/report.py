@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import plots
+from analysis import plots, protocol
 from analysis.load import (
     COMPLETED,
     STOPPED_EARLY,
@@ -30,7 +30,16 @@ from analysis.load import (
     load_records,
     read_scores,
 )
-from analysis.report_text import REFERENCE_FAMILIES, VERSUS, Findings, interval, num, report_markdown
+from analysis.protocol import DRAW_BASE
+from analysis.report_text import (
+    REFERENCE_FAMILIES,
+    VERSUS,
+    Findings,
+    ProtocolFindings,
+    interval,
+    num,
+    report_markdown,
+)
 from analysis.stats import REFERENCE, ScoreBank, build_bank, compare_arms, needed_scores
 from mmsn.errors import ConfigError
 
@@ -40,6 +49,7 @@ RANKED = (COMPLETED, STOPPED_EARLY, UNFINISHED)  # failed trials are reported, n
 BASELINE_ALIASES = {"fusion": "fusion", "ehr.fusion": "fusion", "features": "features", "ehr.features": "features"}
 FIGURES = {"ranking": "ranking.png", "curves": "val_curves.png", "labels": "per_label_diff.png",
            "compute": "auroc_vs_compute.png"}
+PROTOCOL_FIGURE = "protocol_auroc_vs_fraction.png"  # with an evaluation protocol only
 
 
 @dataclass(frozen=True)
@@ -225,6 +235,8 @@ def _with_references(evals: pd.DataFrame, refs: list[TrialRecord],
         probe = rec.probes[0]
         per_label = {f"{metric}/{k}": v.get("auroc") for k, v in (probe[split].get("per_label") or {}).items()}
         for seed in seeds:
+            if "draw" in rec.params and seed % DRAW_BASE != rec.params["draw"]:
+                continue  # a protocol reference pairs with the pseudo-seeds of its own label draw
             trial = f"{rec.trial}:{seed}"
             seeded.append(TrialRecord(trial, rec.tune_status, rec.params, rec.dir, probes={e: probe for e in epochs},
                                       npz={e: rec.npz[0] for e in epochs}))
@@ -269,6 +281,43 @@ def _compare(records: list[TrialRecord], trials: pd.DataFrame, curves: pd.DataFr
     return ranking, per_label, notes
 
 
+def _protocol(info: ExperimentInfo, records: list[TrialRecord], trials: pd.DataFrame, metric: str,
+              baseline: str, n_boot: int, seed: int, compute: bool) -> ProtocolFindings | None:
+    """The evaluation protocol's rankings, one per (dataset, fraction), stacked, with each arm's spread
+    over label draws (None when the sweep ran no protocol)."""
+    evals = protocol.evaluations(info)
+    if not evals:
+        return None
+    parts, spreads, notes = [], [], []
+    for ev in evals:
+        v = protocol.view(ev, records, trials)
+        if v.trials.empty:
+            notes.append(f"{ev.name}: no trial has protocol results yet (they come after a trial's last milestone)")
+            continue
+        refs = protocol.reference_records(info, ev, compute)
+        ranking, _, more = _compare(v.records, v.trials, curves_from(v.records, v.trials), metric, baseline, n_boot,
+                                    seed, refs)
+        parts.append(ranking.assign(eval_dataset=ev.dataset, label_fraction=ev.fraction))
+        spreads.append(protocol.draw_spread(v).assign(eval_dataset=ev.dataset, label_fraction=ev.fraction))
+        notes += [f"{ev.name}: {n}" for n in more]
+    labels, common = protocol.shared_findings(info, records)
+    return ProtocolFindings(pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(),
+                            pd.concat(spreads, ignore_index=True) if spreads else pd.DataFrame(),
+                            labels, common, protocol.protocol_seconds(records), tuple(notes))
+
+
+def stacked_ranking(findings: Findings) -> pd.DataFrame:
+    """ranking.csv: the primary ranking (the primary dataset at the probe's label fraction) and, with a
+    protocol, one ranking per (evaluation dataset, label fraction) below it."""
+    f = findings
+    own = f.info.space.base.probe.label_fraction if f.info.space is not None else 1.0
+    primary = f.ranking.assign(eval_dataset=(f.info.protocol or {}).get("targets", [[f.info.name]])[0][0]
+                               if f.info.protocol else "primary", label_fraction=own)
+    if f.protocol is None or f.protocol.rankings.empty:
+        return primary
+    return pd.concat([primary, f.protocol.rankings], ignore_index=True)
+
+
 def _write_all(tmp: Path, findings: Findings, curves: pd.DataFrame, metric: str) -> None:
     """Every output file, into ``tmp`` (renamed into place by the caller)."""
     f, names = findings, FIGURES
@@ -276,10 +325,13 @@ def _write_all(tmp: Path, findings: Findings, curves: pd.DataFrame, metric: str)
     plots.plot_curves(curves, tmp / names["curves"], f.info.milestones)
     plots.plot_label_heatmap(f.per_label, tmp / names["labels"], f.metric_label.replace(" macro", ""))
     plots.plot_compute(f.trials, tmp / names["compute"], metric, f.metric_label)
-    f.ranking.to_csv(tmp / "ranking.csv", index=False)
+    stacked = stacked_ranking(f)
+    if f.protocol is not None:
+        plots.plot_protocol(stacked, tmp / PROTOCOL_FIGURE, f.metric_label)
+    stacked.to_csv(tmp / "ranking.csv", index=False)
     f.per_label.to_csv(tmp / "per_label.csv", index=False)
     _parquet_safe(f.trials).to_parquet(tmp / "trials.parquet", index=False)
-    (tmp / "report.md").write_text(report_markdown(f))
+    (tmp / "report.md").write_text(report_markdown(f, stacked))
 
 
 def analyze(experiment: Path, out: Path | None = None, metric: str = "test_auroc", baseline: str = EHR_FREE,
@@ -296,12 +348,14 @@ def analyze(experiment: Path, out: Path | None = None, metric: str = "test_auroc
     curves = curves_from(records, trials)
     refs, ref_notes = _reference_records(info, references)
     ranking, per_label, more = _compare(records, trials, curves, metric, baseline, n_boot, seed, refs)
-    more = ref_notes + more
+    found = _protocol(info, records, trials, metric, baseline, n_boot, seed, references)
+    more = ref_notes + more + list(found.notes if found else ())
+    figures = {**FIGURES, **({"protocol": PROTOCOL_FIGURE} if found is not None else {})}
     findings = Findings(info, trials, ranking, per_label, tuple(notes + more), metric, METRICS[metric], baseline,
-                        n_boot, seed, dict(FIGURES))
+                        n_boot, seed, figures, found)
     out = Path(out) if out is not None else experiment / "analysis"
     _write_atomically(out, lambda tmp: _write_all(tmp, findings, curves, metric))
-    files = {**{k: out / v for k, v in FIGURES.items()}, "ranking_csv": out / "ranking.csv",
+    files = {**{k: out / v for k, v in figures.items()}, "ranking_csv": out / "ranking.csv",
              "per_label_csv": out / "per_label.csv", "trials_parquet": out / "trials.parquet"}
     return AnalysisResult(ranking, per_label, trials, out, out / "report.md", files, findings.notes)
 

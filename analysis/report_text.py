@@ -27,6 +27,20 @@ from analysis.stats import (
 
 
 @dataclass(frozen=True)
+class ProtocolFindings:
+    """The evaluation protocol's part of the analysis: one ranking per (eval_dataset, label_fraction),
+    stacked; each arm's standard deviation over label draws; each dataset's labels and the shared ones;
+    the seconds each trial's protocol probes took."""
+
+    rankings: pd.DataFrame
+    spreads: pd.DataFrame
+    labels: dict[str, list[str]]
+    shared: list[str]
+    seconds: pd.DataFrame
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Findings:
     """Everything the report needs; ``figures`` maps a figure's role to its file name in the report dir."""
 
@@ -41,6 +55,7 @@ class Findings:
     n_boot: int
     seed: int
     figures: dict[str, str]
+    protocol: ProtocolFindings | None = None
 
 
 def num(value: Any, spec: str = ".4f") -> str:
@@ -247,6 +262,7 @@ def _figures(f: Findings) -> str:
         "curves": "Probe val AUROC per milestone, as the scheduler saw it (x: stopped early).",
         "labels": "Per-label differences to the baseline (blue better, red worse; * CI excludes 0, uncorrected).",
         "compute": "Metric vs compute per trial with the Pareto front.",
+        "protocol": "Evaluation protocol: metric against the fraction of train labels (log x), one panel per dataset.",
     }
     parts = [f"### {captions[k]}\n\n![{k}]({name})\n" for k, name in f.figures.items()]
     return "## Figures\n\n" + "\n".join(parts)
@@ -287,10 +303,15 @@ def _stopped(f: Findings) -> str:
 
 def _compute(f: Findings) -> str:
     t = f.trials
-    by_arm = t.groupby("arm").agg(trials=("trial", "count"), trial_seconds=("trial_seconds", "sum"),
-                                  gpu_seconds=("gpu_seconds", "sum")).reset_index()
-    by_arm = by_arm.assign(trial_seconds=by_arm["trial_seconds"].map(lambda v: num(v, ".0f")),
-                           gpu_seconds=by_arm["gpu_seconds"].map(lambda v: num(v, ".0f")))
+    columns = {"trials": ("trial", "count"), "trial_seconds": ("trial_seconds", "sum"),
+               "gpu_seconds": ("gpu_seconds", "sum")}
+    if f.protocol is not None:  # the protocol's probes, part of the trial-seconds of the trials that ran it
+        t = t.merge(f.protocol.seconds, on="trial", how="left")
+        columns["protocol_seconds"] = ("protocol_seconds", "sum")
+    by_arm = t.groupby("arm").agg(**columns).reset_index()
+    for column in columns:
+        if column != "trials":
+            by_arm[column] = by_arm[column].map(lambda v: num(v, ".0f"))
     total, gpu = t["trial_seconds"].sum(), t["gpu_seconds"].sum()
     return ("## Compute spent\n\n"
             f"{num(total, '.0f')} trial-seconds in all ({total / 3600:.2f} h; pretraining + probes to each trial's "
@@ -351,8 +372,51 @@ def method_text(n_boot: int, seed: int, methods: set[str]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def report_markdown(f: Findings) -> str:
+def _cells(r: pd.DataFrame, spreads: pd.DataFrame) -> pd.DataFrame:
+    """Long table -> one row per arm, one column per (dataset @ fraction): mean [CI] (sd over draws) and
+    the difference to the baseline with its verdict."""
+    sd = spreads.set_index(["arm", "eval_dataset", "label_fraction"])["draw_sd"] if not spreads.empty else {}
+    cells = []
+    for row in r.itertuples():
+        spread = sd.get((row.arm, row.eval_dataset, row.label_fraction), math.nan) if len(sd) else math.nan
+        value = interval(row.mean, row.ci_lo, row.ci_hi, ".3f") + ("" if pd.isna(spread) else f" sd {spread:.3f}")
+        versus = "" if pd.isna(row.diff) else f"; {num(row.diff, '+.3f')} {row.verdict}"
+        cells.append({"arm": row.arm, "column": f"{row.eval_dataset} @ {row.label_fraction:g}",
+                      "cell": value + versus})
+    table = pd.DataFrame(cells).pivot(index="arm", columns="column", values="cell").fillna("-")
+    return table.reset_index()
+
+
+def _protocol(f: Findings, stacked: pd.DataFrame | None) -> str:
+    p, info = f.protocol, f.info
+    if p is None or stacked is None or info.protocol is None:
+        return ""
+    targets = [k for k, _ in info.protocol["targets"]]
+    fractions = ", ".join(f"{x:g}" for x in info.protocol["fractions"])
+    label_sets = "; ".join(f"{k}: {len(v)} findings" for k, v in p.labels.items())
+    same = len({tuple(v) for v in p.labels.values()}) <= 1
+    shared = ("every dataset has the same findings" if same else
+              f"shared findings ({len(p.shared)}): {', '.join(p.shared)}; macro AUROCs over other label sets are "
+              "compared within a dataset, never across")
+    seconds, trial_s = p.seconds["protocol_seconds"], f.trials.set_index("trial")["trial_seconds"]
+    share = seconds.sum() / trial_s.reindex(p.seconds["trial"]).sum() if len(seconds) else math.nan
+    cost = (f"The protocol's probes took {num(seconds.mean(), '.1f')} s per trial on average "
+            f"({num(100 * share, '.1f')} % of those trials' seconds)." if len(seconds) else "")
+    return ("## Evaluation protocol: other datasets, fewer labels\n\n"
+            f"Each trial's frozen encoder (after its last milestone) was probed on {', '.join(targets)} with "
+            f"{fractions} of each dataset's train labels (whole patients; {info.protocol['draws']} seeded draws "
+            "below 1, the same draws for every arm and reference, paired draw by draw like seeds). Each dataset "
+            f"keeps its own labels and its own split ({label_sets}; {shared}). A label with no positive among a "
+            "draw's train images is missing, not 0.5. Cells: mean over seeds and draws [95 % CI], the standard "
+            "deviation over draws (sd), and the difference to the baseline with its verdict (Holm within each "
+            f"column). The primary dataset at the probe's own fraction is the ranking above. {cost}\n\n"
+            + md_table(_cells(stacked, p.spreads)))
+
+
+def report_markdown(f: Findings, stacked: pd.DataFrame | None = None) -> str:
+    """The report; ``stacked``: ranking.csv's rows (the primary ranking and the protocol's)."""
     methods = set(f.ranking["test_method"]) | set(f.ranking["ci_method"]) if not f.ranking.empty else set()
-    sections = [_header(f), _space(f), _ranking(f), _two_questions(f), _references(f), _verdicts(f), _figures(f),
-                _labels(f), _stopped(f), _compute(f), _missing(f), method_text(f.n_boot, f.seed, methods)]
+    sections = [_header(f), _space(f), _ranking(f), _two_questions(f), _references(f), _protocol(f, stacked),
+                _verdicts(f), _figures(f), _labels(f), _stopped(f), _compute(f), _missing(f),
+                method_text(f.n_boot, f.seed, methods)]
     return "\n".join(s for s in sections if s)

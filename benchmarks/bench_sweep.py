@@ -12,6 +12,8 @@ time of Ray Train pretraining with 1 and 2 workers. Goal: the same best arm at <
     python benchmarks/bench_sweep.py --space benchmarks/spaces/lr_mask.yaml --schedulers asha,halving
     python benchmarks/bench_sweep.py --milestones 2,4,8 --epoch-time   # the quickstart, half its budget
     python benchmarks/bench_sweep.py --smoke                            # the smoke corner (~4 min)
+
+Wall seconds run from the first trial's start to the last result (Ray's start and the analysis left out).
 """
 
 from __future__ import annotations
@@ -47,6 +49,18 @@ def compute_split(experiment: Path) -> dict[str, float]:
             totals = {k: v + float(lines[-1].get(k) or 0.0) for k, v in totals.items()}
     overhead = totals["trial_seconds"] - totals["train_seconds"] - totals["probe_seconds"]
     return {**totals, "overhead_seconds": overhead, "overhead_share": overhead / max(totals["trial_seconds"], 1e-9)}
+
+
+def tune_wall_seconds(experiment: Path) -> float:
+    """From the first trial's start to the last result, as the trials' results record them (Ray's start
+    and the analysis left out)."""
+    starts, ends = [], []
+    for result in experiment.glob("*/result.json"):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if lines:
+            starts.append(lines[0]["timestamp"] - float(lines[0].get("time_total_s") or 0.0))
+            ends.append(lines[-1]["timestamp"])
+    return max(ends) - min(starts) if starts else float("nan")
 
 
 def summarise(experiment: Path, last: int) -> dict:
@@ -91,6 +105,8 @@ def main() -> None:
     parser.add_argument("--schedulers", default=None, help="comma-separated; default: the space's own")
     parser.add_argument("--epoch-time", action="store_true", help="also time a Ray Train epoch, 1 and 2 workers")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--reuse", action="store_true",
+                        help="summarise a run already in --storage instead of running it again")
     args = parser.parse_args()
     storage = (args.storage or Path(tempfile.mkdtemp(prefix="mmsn-bench-sweep-"))).resolve()
     space = load_space(args.space, smoke=args.smoke)
@@ -100,10 +116,10 @@ def main() -> None:
     results: dict = {}
     for kind in ["fifo", *kinds]:
         name = "grid" if kind == "fifo" else kind
-        start = time.time()
-        run_space(with_scheduler(space, kind), storage / f"{space.name}-{name}", smoke=args.smoke)
-        results[name] = {**summarise(storage / f"{space.name}-{name}", space.epochs),
-                         "wall_seconds": time.time() - start}
+        experiment = storage / f"{space.name}-{name}"
+        if not (args.reuse and list(experiment.glob("*/result.json"))):
+            run_space(with_scheduler(space, kind), experiment, smoke=args.smoke)
+        results[name] = {**summarise(experiment, space.epochs), "wall_seconds": tune_wall_seconds(experiment)}
     grid = results["grid"]
     for kind in kinds:
         run = results[kind]

@@ -14,7 +14,8 @@ from scipy.stats import rankdata
 
 
 def auroc(y: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve of (N,) 0/1 targets and (N,) scores; NaN if a class is absent.
+    """Area under the ROC curve of (N,) 0/1 targets and (N,) scores; NaN if a class is absent or the
+    scores are NaN (a label the probe had no positive to learn from is missing, not AUROC 0.5).
 
     Mann-Whitney U from average ranks, so ties count one half (identical to
     ``sklearn.metrics.roc_auc_score``).
@@ -22,7 +23,7 @@ def auroc(y: np.ndarray, score: np.ndarray) -> float:
     positive = np.asarray(y) > 0.5
     n_pos = int(positive.sum())
     n_neg = positive.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if n_pos == 0 or n_neg == 0 or np.isnan(score).any():  # NaN scores: a label the probe could not learn
         return math.nan
     ranks = rankdata(np.asarray(score, dtype=np.float64))
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
@@ -48,8 +49,11 @@ def weighted_auroc(counts: np.ndarray, y: np.ndarray, score: np.ndarray) -> np.n
     """AUROC of one label under each row of (b, N) image multiplicities -> (b,); NaN if a class is absent.
 
     Sorting once and summing multiplicities per tie group gives each resample's Mann-Whitney U
-    without re-ranking: U = sum over tie groups g of pos_g * (negatives below g + neg_g / 2).
+    without re-ranking: U = sum over tie groups g of pos_g * (negatives below g + neg_g / 2). NaN scores
+    (a label the probe could not learn) give NaN.
     """
+    if np.isnan(score).any():
+        return np.full(counts.shape[0], np.nan)
     order = np.argsort(score, kind="stable")
     sorted_score = score[order]
     starts = np.flatnonzero(np.r_[True, sorted_score[1:] != sorted_score[:-1]])  # tie groups

@@ -255,17 +255,21 @@ def run_probe_splits(features: Mapping[str, np.ndarray], labels: Mapping[str, np
         x_train, y_train = x_train[keep], y_train[keep]
     probe = fit_linear_probe(x_train, y_train, features["val"], labels["val"], cfg.l2_grid)
     fit_seconds = time.perf_counter() - start
-    return {split: _evaluate(probe, features, labels, label_names, cfg, split, len(x_train), fit_seconds)
+    positives = np.asarray(y_train).sum(axis=0)
+    learnt = (positives > 0) & (positives < len(y_train))  # (L,) labels with both classes to learn from
+    return {split: _evaluate(probe, features, labels, label_names, cfg, split, len(x_train), fit_seconds, learnt)
             for split in eval_splits}
 
 
 def _evaluate(probe: LinearProbe, features: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
               label_names: Sequence[str], cfg: ProbeConfig, split: str, n_train: int,
-              fit_seconds: float) -> ProbeResult:
-    """Scores, macro/per-label AUROC and bootstrap CIs of a fitted probe on one split."""
+              fit_seconds: float, learnt: np.ndarray) -> ProbeResult:
+    """Scores, macro/per-label AUROC and bootstrap CIs of a fitted probe on one split. A label without
+    both classes in the train rows used (``learnt`` False) has NaN scores: missing, not AUROC 0.5."""
     start = time.perf_counter()
     y_eval = np.asarray(labels[split])
     scores = probe.predict(features[split])
+    scores[:, ~learnt] = np.nan
     macro, per_label = macro_auroc(y_eval, scores)
     boot = bootstrap_aurocs(y_eval, scores, cfg.bootstrap, cfg.seed)
     alpha = 0.05

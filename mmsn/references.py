@@ -30,10 +30,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmsn.config import Config
+from mmsn.config import Config, ProbeConfig
 from mmsn.data.cache import Cache
 from mmsn.data.ehr import EHREncoder, resolve_features
-from mmsn.evaluate import probe_encoder
+from mmsn.evaluate import split_features, train_patients
 from mmsn.probe import ProbeResult, run_probe_splits
 
 # name -> file; "supervised" trains, so it is computed only when asked for (``mmsn reference --supervised``)
@@ -57,38 +57,49 @@ def fingerprint(cache: Cache, cfg: Config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def random_init(cache: Cache, cfg: Config, device: torch.device) -> dict[str, ProbeResult]:
+Features = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # split -> (N, d) features, (N, L) labels
+FEATURE_SPLITS = ("train", *SPLITS)
+
+
+def random_init_features(cache: Cache, cfg: Config, device: torch.device) -> Features:
     from mmsn.models.backbone import ViTEncoder, create_vit
 
     torch.manual_seed(cfg.train.seed)
     encoder = ViTEncoder(create_vit(cfg.model.backbone, cfg.views.size, cfg.model.patch_size)).eval().to(device)
-    return probe_encoder(encoder, cache, cfg.probe, cfg.views.size, device, SPLITS)
+    return split_features(encoder, cache, cfg.probe, cfg.views.size, device, FEATURE_SPLITS)
 
 
-def raw_pixels(cache: Cache, cfg: Config, device: torch.device) -> dict[str, ProbeResult]:
+def raw_pixel_features(cache: Cache, cfg: Config, device: torch.device) -> Features:
     def pooled(x: torch.Tensor) -> torch.Tensor:
         return F.adaptive_avg_pool2d(x, RAW_GRID).flatten(1)
 
-    return probe_encoder(pooled, cache, cfg.probe, cfg.views.size, device, SPLITS)
+    return split_features(pooled, cache, cfg.probe, cfg.views.size, device, FEATURE_SPLITS)
 
 
-def ehr_only(cache: Cache, cfg: Config) -> dict[str, ProbeResult] | None:
+def ehr_features(cache: Cache) -> Features | None:
     columns = resolve_features(["all"], cache.ehr_columns)
     if not columns:
         return None
     train = cache.table["split"].to_numpy() == "train"
     encoded = EHREncoder.fit(cache.table, columns, train).transform(cache.table)
-    splits = ("train", *SPLITS)
-    features = {s: encoded[cache.rows(s)] for s in splits}
-    labels = {s: cache.label_matrix(cache.rows(s)) for s in splits}
-    patients = cache.table["patient_id"].to_numpy()[cache.rows("train")].astype(str)
-    return run_probe_splits(features, labels, cache.labels, cfg.probe, SPLITS, patients)
+    return ({s: encoded[cache.rows(s)] for s in FEATURE_SPLITS},
+            {s: cache.label_matrix(cache.rows(s)) for s in FEATURE_SPLITS})
 
 
-def supervised(cache: Cache, cfg: Config, device: torch.device) -> dict[str, ProbeResult]:
+def fit(features: Features, cache: Cache, probe: ProbeConfig) -> dict[str, ProbeResult]:
+    """The probe of one reference's features (val and test results, one fit)."""
+    return run_probe_splits(features[0], features[1], cache.labels, probe, SPLITS, train_patients(cache))
+
+
+def ehr_only(cache: Cache, cfg: Config) -> dict[str, ProbeResult] | None:
+    features = ehr_features(cache)
+    return None if features is None else fit(features, cache, cfg.probe)
+
+
+def supervised_features(cache: Cache, cfg: Config, device: torch.device) -> Features:
     """The same architecture trained on the train labels (an upper bound): masked BCE over the findings on
     one global crop per image (the recipe's views), AdamW at ``optim.lr`` with a cosine decay over
-    ``train.epochs`` epochs of ``train.batch_size``; then probed frozen, as every other row."""
+    ``train.epochs`` epochs of ``train.batch_size``; then its frozen features, as every other row's."""
     from mmsn.models.backbone import ViTEncoder, create_vit
     from mmsn.views import MultiCropViews
 
@@ -120,7 +131,20 @@ def supervised(cache: Cache, cfg: Config, device: torch.device) -> dict[str, Pro
             loss.backward()
             optimizer.step()
             schedule.step()
-    return probe_encoder(encoder.eval(), cache, cfg.probe, cfg.views.size, device, SPLITS)
+    return split_features(encoder.eval(), cache, cfg.probe, cfg.views.size, device, FEATURE_SPLITS)
+
+
+def reference_features(name: str, cache: Cache, cfg: Config, device: torch.device) -> Features | None:
+    """The features reference ``name`` probes (None: EHR only on a cache without EHR columns)."""
+    if name == "random init":
+        return random_init_features(cache, cfg, device)
+    if name == "raw pixels":
+        return raw_pixel_features(cache, cfg, device)
+    if name == "EHR only":
+        return ehr_features(cache)
+    if name == "supervised":
+        return supervised_features(cache, cfg, device)
+    raise ValueError(f"unknown reference {name!r}; valid: {', '.join(REFERENCES)}")
 
 
 def compute(cache: Cache, cfg: Config, device: torch.device,
@@ -128,22 +152,17 @@ def compute(cache: Cache, cfg: Config, device: torch.device,
     """name -> split -> probe result, for the references that exist for this cache."""
     out: dict[str, dict[str, ProbeResult]] = {}
     for name in names:
-        if name == "random init":
-            out[name] = random_init(cache, cfg, device)
-        elif name == "raw pixels":
-            out[name] = raw_pixels(cache, cfg, device)
-        elif name == "EHR only" and (result := ehr_only(cache, cfg)) is not None:
-            out[name] = result
-        elif name == "supervised":
-            out[name] = supervised(cache, cfg, device)
+        if (features := reference_features(name, cache, cfg, device)) is not None:
+            out[name] = fit(features, cache, cfg.probe)
     return out
 
 
-def write(out: Path, results: dict[str, dict[str, ProbeResult]], stamp: str) -> None:
-    """One JSON and one test npz per reference; the JSON last, so a reader never sees half of one."""
+def write(out: Path, results: dict[str, dict[str, ProbeResult]], stamp: str, suffix: str = "") -> None:
+    """One JSON and one test npz per reference (``<slug><suffix>``); the JSON last, so a reader never sees
+    half of one."""
     out.mkdir(parents=True, exist_ok=True)
     for name, by_split in results.items():
-        slug = REFERENCES[name]
+        slug = REFERENCES[name] + suffix
         test = by_split["test"]
         assert test.scores is not None and test.targets is not None  # probe results always carry them
         np.savez_compressed(out / f"{slug}_test.npz", scores=test.scores, targets=test.targets)
@@ -153,19 +172,23 @@ def write(out: Path, results: dict[str, dict[str, ProbeResult]], stamp: str) -> 
         tmp.replace(out / f"{slug}.json")
 
 
-def read(out: Path, stamp: str | None = None) -> dict[str, tuple[dict[str, Any], Path]]:
+def read(out: Path, stamp: str | None = None, suffix: str = "") -> dict[str, tuple[dict[str, Any], Path]]:
     """name -> (probe summary with val/test, test npz path) of the references in ``out`` (with a
     matching fingerprint when ``stamp`` is given)."""
     found: dict[str, tuple[dict[str, Any], Path]] = {}
     for name, slug in REFERENCES.items():
         try:
-            payload = json.loads((out / f"{slug}.json").read_text())
+            payload = json.loads((out / f"{slug}{suffix}.json").read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        npz = out / f"{slug}_test.npz"
+        npz = out / f"{slug}{suffix}_test.npz"
         if npz.is_file() and (stamp is None or payload.get("fingerprint") == stamp):
             found[name] = (payload, npz)
     return found
+
+
+def _missing(have: dict[str, Any], cache: Cache, names: Sequence[str]) -> list[str]:
+    return [n for n in names if n not in have and not (n == "EHR only" and not cache.ehr_columns)]
 
 
 def ensure(out: Path, cache: Cache, cfg: Config, device: torch.device,
@@ -173,11 +196,36 @@ def ensure(out: Path, cache: Cache, cfg: Config, device: torch.device,
     """The references ``names`` of ``cache`` under ``cfg`` in ``out`` (and any other already there):
     computed once, reused while the fingerprint holds."""
     stamp = fingerprint(cache, cfg)
-    have = read(out, stamp)
-    missing = [n for n in names if n not in have and not (n == "EHR only" and not cache.ehr_columns)]
+    missing = _missing(read(out, stamp), cache, names)
     if missing:
         write(out, compute(cache, cfg, device, missing), stamp)
     return read(out, stamp)
 
 
-__all__ = ["DEFAULT", "RAW_GRID", "REFERENCES", "compute", "ensure", "fingerprint", "read", "write"]
+def ensure_protocol(out: Path, cache: Cache, cfg: Config, device: torch.device, fractions: Sequence[float],
+                    draws: int, names: Sequence[str] = DEFAULT) -> dict[tuple[str, float, int], tuple[dict, Path]]:
+    """(name, label fraction, draw) -> (summary, test npz) of the references of an evaluation target of
+    the protocol (mmsn.protocol: the same draws of train patients as the encoders'), in ``out`` as
+    ``<slug>_f<fraction>_d<draw>.json``: features once per reference, one fit per draw, reused while the
+    fingerprint holds."""
+    from mmsn.protocol import draw_seeds
+
+    stamp, features = fingerprint(cache, cfg), {}
+    found: dict[tuple[str, float, int], tuple[dict, Path]] = {}
+    for fraction in fractions:
+        for d, seed in enumerate(draw_seeds(fraction, draws, cfg.probe.seed)):
+            suffix = f"_f{fraction:g}_d{d}"
+            missing = _missing(read(out, stamp, suffix), cache, names)
+            if missing:
+                probe = dataclasses.replace(cfg.probe, label_fraction=fraction, seed=seed)
+                for name in missing:
+                    if name not in features:
+                        features[name] = reference_features(name, cache, cfg, device)
+                results = {n: fit(f, cache, probe) for n in missing if (f := features[n]) is not None}
+                write(out, results, stamp, suffix)
+            found.update({(n, fraction, d): v for n, v in read(out, stamp, suffix).items()})
+    return found
+
+
+__all__ = ["DEFAULT", "RAW_GRID", "REFERENCES", "compute", "ensure", "ensure_protocol", "fingerprint", "read",
+           "write"]

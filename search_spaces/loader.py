@@ -47,7 +47,7 @@ SEED_KEY = "train.seed"
 # The keys variant_name describes (a trial's EHR use): they make an arm's variant, not its setting.
 VARIANT_KEYS = ("ehr.fusion", "ehr.features", "mrm.features", "supcon.labels")
 ALWAYS_ARM_KEYS = ("objective.name",)  # compared, never pooled, whatever the search algorithm
-TOP_KEYS = {"name", "description", "base", "data", "axes", "seeds", "search", "scheduler", "metric",
+TOP_KEYS = {"name", "description", "base", "data", "axes", "seeds", "search", "scheduler", "metric", "evaluate",
             "resources", "budget", "smoke"}
 
 
@@ -81,6 +81,27 @@ class DataSpec:
     def __post_init__(self) -> None:
         _need(16 <= self.size <= 1024, "data.size", f"{self.size} not in 16..1024")
         _need(self.n is None or self.n >= 10, "data.n", f"{self.n}: need at least 10 images (or null for all)")
+
+
+@dataclass(frozen=True)
+class EvaluateSpec:
+    """The papers' evaluation protocol (mmsn.protocol): after a trial's last milestone its frozen encoder is
+    probed on the primary cache and on each of ``datasets`` at each of ``label_fractions``."""
+
+    datasets: tuple[DataSpec, ...] = ()  # other datasets (data specs as `data:`), each with its own labels and split
+    label_fractions: tuple[float, ...] = (1.0,)  # of the train patients whose labels the probe sees
+    draws: int = 3  # seeded draws of the train patients per fraction below 1 (mean and spread are reported)
+    every_milestone: bool = False  # also at every milestone, not only the last
+
+    def __post_init__(self) -> None:
+        fractions = self.label_fractions
+        _need(all(0 < f <= 1 for f in fractions) and len(set(fractions)) == len(fractions),
+              "evaluate.label_fractions", f"{list(fractions)}: distinct fractions, each in (0, 1]")
+        _need(self.draws >= 1, "evaluate.draws", f"{self.draws}: must be >= 1")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.datasets) or tuple(self.label_fractions) != (1.0,)
 
 
 @dataclass(frozen=True)
@@ -180,6 +201,7 @@ class Space:
     resources: Resources = field(default_factory=Resources)
     budget: Budget = field(default_factory=Budget)
     smoke: tuple[tuple[str, Any], ...] = ()
+    evaluate: EvaluateSpec = field(default_factory=EvaluateSpec)
 
     def objectives(self) -> tuple[str, ...]:
         """The objectives the space's trials can run: the values of an ``objective.name`` axis, else the base's."""
@@ -346,6 +368,32 @@ def _base_config(path: Path, raw: Mapping[str, Any]) -> tuple[Config, tuple[tupl
     return _build(path, load_config(file), dict(overrides)), overrides
 
 
+def _data_spec(path: Path, raw: Any, name: str) -> DataSpec:
+    """A data spec (``data:`` or an evaluation dataset); errors name ``name.key``."""
+    if not isinstance(raw, Mapping):
+        raise _err(path, f"{name}: a data spec (dataset, root, size, n, seed, split), got {raw!r}")
+    try:
+        spec: DataSpec = _section(path, {name: raw}, name, DataSpec)
+    except ConfigError as err:  # DataSpec's own checks name data.<key>
+        raise ConfigError(str(err).replace(": data.", f": {name}.")) from None
+    if spec.dataset not in DATASETS:
+        raise _err(path, f"{name}.dataset: {unknown_name('dataset', spec.dataset, DATASETS)}")
+    return spec
+
+
+def _evaluate(path: Path, raw: Mapping[str, Any]) -> EvaluateSpec:
+    section = dict(raw.get("evaluate") or {})
+    datasets = section.get("datasets") or []
+    if not isinstance(datasets, list):
+        raise _err(path, "evaluate.datasets: a list of data specs (as data:)")
+    section["datasets"] = [_data_spec(path, d, f"evaluate.datasets[{i}]") for i, d in enumerate(datasets)]
+    fractions = section.get("label_fractions", [1.0])
+    if not isinstance(fractions, list) or not all(isinstance(f, (int, float)) for f in fractions):
+        raise _err(path, f"evaluate.label_fractions: a list of numbers in (0, 1], got {fractions!r}")
+    return _section(path, {"evaluate": section}, "evaluate", EvaluateSpec, lambda d: {
+        **d, "datasets": tuple(d["datasets"]), "label_fractions": tuple(float(f) for f in fractions)})
+
+
 def _scheduler(data: dict) -> dict:
     data["milestones"] = tuple(int(m) for m in data.get("milestones", SchedulerSpec.milestones))
     data["mutations"] = tuple((k, tuple(v)) for k, v in (data.get("mutations") or {}).items())
@@ -377,6 +425,7 @@ def load_space(path: str | Path, smoke: bool = False) -> Space:
         metric=str(metric.get("name", "val_auroc")), mode=str(metric.get("mode", "max")),
         resources=_section(path, raw, "resources", Resources), budget=_section(path, raw, "budget", Budget),
         smoke=_overrides(path, raw.get("smoke", {}).get("set") if raw.get("smoke") else None, "smoke.set"),
+        evaluate=_evaluate(path, raw),
     )
     validate(space)
     return space
@@ -389,7 +438,7 @@ def _apply_smoke(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
     merged = dict(raw)
     merged["base"] = {**(raw.get("base") or {}),
                       "set": {**((raw.get("base") or {}).get("set") or {}), **(smoke.get("set") or {})}}
-    for section in ("data", "scheduler", "search", "resources", "budget"):
+    for section in ("data", "scheduler", "search", "resources", "budget", "evaluate"):
         if section in smoke:
             merged[section] = {**(raw.get(section) or {}), **smoke[section]}
     for replaced in ("seeds", "axes"):  # replaced whole: a smoke run keeps only a corner of the grid
@@ -448,6 +497,16 @@ def check_scheduler(space: Space) -> None:
         if len(sched.milestones) < 2:
             raise _err(path, "scheduler.type halving: give at least two milestones (the rungs are every "
                              "milestone but the last)")
+
+
+def scheduler_warnings(space: Space) -> list[str]:
+    """What a sweep prints before it starts about its scheduler (nothing is refused for these)."""
+    sched, warmup = space.scheduler, space.base.optim.warmup_epochs
+    if sched.type in (*PER_TRIAL_SCHEDULERS, "halving") and sched.milestones[0] <= warmup:
+        return [f"{space.path}: scheduler.milestones: the first rung (epoch {sched.milestones[0]}) comes before the "
+                f"end of the lr warm-up (optim.warmup_epochs {warmup:g}): arms are compared before they have "
+                "learnt much, and the comparison is mostly noise; put the first milestone after the warm-up"]
+    return []
 
 
 def grid_points(space: Space) -> list[dict[str, Any]]:

@@ -238,3 +238,32 @@ def _rung_values(experiment: Path) -> int:
         return len(json.loads((experiment / "halving" / "state.json").read_text())["values"])
     except (OSError, ValueError, KeyError):
         return 0
+
+
+def test_paper_protocol_smoke_ranks_two_datasets_at_three_label_fractions(tmp_path: Path) -> None:
+    from mmsn.data.cache import open_cache
+
+    out = run_sweep("paper_protocol.yaml", tmp_path)
+    experiment = tmp_path / "paper_protocol-smoke"
+    ranking = pd.read_csv(experiment / "analysis" / "ranking.csv")
+    cells = {(d, f): part for (d, f), part in ranking.groupby(["eval_dataset", "label_fraction"])}
+    assert set(cells) == {(d, f) for d in ("synthetic", "synthetic_b") for f in (0.25, 0.5, 1.0)}
+    for (dataset, fraction), part in cells.items():
+        arms = dict(zip(part["arm"], part["n_trials"]))
+        assert {"none", "concat_anchor:demographic", "random init", "raw pixels", "EHR only"} <= set(arms)
+        # one seed; below 1 each label draw is a pseudo-seed of its own, paired across arms and references
+        assert arms["none"] == (1 if fraction == 1.0 else 2), (dataset, fraction, arms)
+        tested = part[part["arm"] == "concat_anchor:demographic"].iloc[0]
+        assert tested["baseline"] == "none" and tested["paired"] and tested["test_method"] == "bootstrap"
+    protocol = json.loads((experiment / "sweep.json").read_text())["protocol"]
+    primary, transfer = (open_cache(path) for _, path in protocol["targets"])
+    assert not set(primary.table["patient_id"]) & set(transfer.table["patient_id"])  # other patients
+    for t in trial_dirs(experiment):
+        summary = json.loads((t / "probes" / "epoch_002_eval.json").read_text())
+        assert len(summary["results"]) == 2 * (2 * 2 + 1)  # datasets x (fractions below 1 x draws + 1)
+        assert len(list((t / "probes").glob("epoch_002_eval_*_test.npz"))) == 10
+        assert "nih-" not in json.dumps(summary)
+    report = (experiment / "analysis" / "report.md").read_text()
+    assert "## Evaluation protocol" in report and "protocol_auroc_vs_fraction.png" in report
+    assert (experiment / "analysis" / "protocol_auroc_vs_fraction.png").stat().st_size > 10_000
+    assert "Arms ranked by test macro AUROC" in out

@@ -9,8 +9,6 @@ Experiment layout (``STORAGE/NAME/``): Tune's own files and one directory per tr
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -19,49 +17,23 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mmsn.data.cache import open_cache
 from mmsn.errors import MMSNError
-from search_spaces.loader import INACTIVE, Space, check_scheduler, encode_value, grid_points, load_space, suggest
+from search_spaces.loader import (
+    INACTIVE,
+    Space,
+    check_scheduler,
+    encode_value,
+    grid_points,
+    load_space,
+    scheduler_warnings,
+    suggest,
+)
+from trainables.caches import check_roots, ensure_cache, prepare_protocol
 
-DATA_SPEC = "data_spec.json"  # inside a sweep's cache: the whole data spec it was prepared from
-
-
-def cache_dir(storage: Path, spec: dict[str, Any]) -> Path:
-    """``STORAGE/caches/<dataset>-<size>px-n<n>-seed<seed>-<hash>``: the hash covers the whole data spec
-    (root and split too), so a space with another split or root never reuses the first cache."""
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
-    return storage / "caches" / f"{spec['dataset']}-{spec['size']}px-n{spec['n'] or 'all'}-seed{spec['seed']}-{digest}"
-
-
-def ensure_cache(space: Space, storage: Path) -> Path:
-    """Prepare the space's data cache once under ``STORAGE/caches`` (reused by later sweeps with the same
-    data spec; a reused cache is checked against the spec it records)."""
-    from mmsn.data.prepare import prepare
-    from mmsn.data.registry import load_source
-    from mmsn.data.splits import parse_fractions
-
-    d = space.data
-    spec = dataclasses.asdict(d)
-    if d.dataset == "synthetic":  # a changed renderer draws other films: never reuse the old ones
-        from mmsn.data.synthetic import RENDERER_VERSION
-
-        spec["renderer"] = RENDERER_VERSION
-    out = cache_dir(storage, spec)
-    try:
-        open_cache(out)
-        recorded = json.loads((out / DATA_SPEC).read_text())
-    except (MMSNError, OSError, json.JSONDecodeError):
-        recorded = None
-    if recorded == spec:
-        return out
-    split = "official" if d.split == "official" else parse_fractions(d.split)
-    source = load_source(d.dataset, Path(d.root) if d.root else None, d.seed)
-    print(f"preparing {d.dataset} cache ({d.n or 'all'} images at {d.size} px) -> {out}", flush=True)
-    prepare(source, out, size=d.size, seed=d.seed, split=split, n=d.n, overwrite=True)
-    (out / DATA_SPEC).write_text(json.dumps(spec, indent=1) + "\n")
-    return out
+if TYPE_CHECKING:
+    from mmsn.protocol import Protocol
 
 
 def build_search(space: Space, experiment: Path) -> tuple[Any, dict[str, Any], int]:
@@ -166,13 +138,18 @@ def start_ray(space: Space, address: str | None, verbose: bool = False) -> None:
               "(--verbose shows it here)", flush=True)
 
 
-def milestone_logger() -> Any:
-    """A Tune callback printing one line per trial milestone (the console's own record of progress)."""
+def milestone_logger(space: Space) -> Any:
+    """A Tune callback printing one line per trial milestone (the console's own record of progress), named
+    by the trial's arm (its EHR use and the setting of the other searched keys) and seed."""
     from ray.tune import Callback
 
     class MilestoneLine(Callback):  # type: ignore[misc]
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            print(f"[{trial.trial_id}] {result.get('variant', '?')}: epoch {result.get('epoch')} "
+            try:
+                arm = f"{space.arm(dict(trial.config)).name} seed {trial.config.get('train.seed', '?')}"
+            except (MMSNError, KeyError, TypeError):  # the console line never fails a sweep
+                arm = str(result.get("variant", "?"))
+            print(f"[{trial.trial_id}] {arm}: epoch {result.get('epoch')} "
                   f"val AUROC {result.get('val_auroc', float('nan')):.4f} "
                   f"(trial {result.get('trial_seconds', 0):.0f} s so far: {result.get('train_seconds', 0):.0f} s "
                   f"epochs, {result.get('probe_seconds', 0):.0f} s probes)",
@@ -215,7 +192,7 @@ def train_runs_cleanup(experiment: Path) -> Any:
     return TrainRunsCleanup()
 
 
-def make_tuner(space: Space, experiment: Path, cache: Path, resume: bool) -> Any:
+def make_tuner(space: Space, experiment: Path, cache: Path, resume: bool, protocol: Protocol | None = None) -> Any:
     from ray import tune
 
     from trainables.resources import DRIVER_CPUS
@@ -227,7 +204,8 @@ def make_tuner(space: Space, experiment: Path, cache: Path, resume: bool) -> Any
     held = {"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker} if alone else {"cpu": DRIVER_CPUS}
     retries = space.budget.max_failures if alone else 0
     trainable = tune.with_resources(
-        tune.with_parameters(msn_trial, space=space, cache=str(cache), experiment=str(experiment)), held)
+        tune.with_parameters(msn_trial, space=space, cache=str(cache), experiment=str(experiment),
+                             protocol=protocol.to_dict() if protocol else None), held)
     if resume:
         if not tune.Tuner.can_restore(str(experiment)):
             raise MMSNError(f"--resume: {experiment} holds no Tune experiment to restore")
@@ -244,16 +222,17 @@ def make_tuner(space: Space, experiment: Path, cache: Path, resume: bool) -> Any
                                   failure_config=tune.FailureConfig(max_failures=retries), verbose=1,
                                   # the latest milestone's checkpoint serves --resume and a PBT exploit
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                  callbacks=[milestone_logger(), train_runs_cleanup(experiment)]),
+                                  callbacks=[milestone_logger(space), train_runs_cleanup(experiment)]),
     )
 
 
-def record_sweep(space: Space, experiment: Path, cache: Path, smoke: bool) -> None:
+def record_sweep(space: Space, experiment: Path, cache: Path, smoke: bool, protocol: Protocol | None) -> None:
     experiment.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(space.path, experiment / "space.yaml")
     (experiment / "sweep.json").write_text(json.dumps(
         {"space": str(space.path.resolve()), "name": space.name, "smoke": smoke, "cache": str(cache),
-         "metric": space.metric, "mode": space.mode, "milestones": list(space.scheduler.milestones)}, indent=2))
+         "metric": space.metric, "mode": space.mode, "milestones": list(space.scheduler.milestones),
+         "protocol": protocol.to_dict() if protocol else None}, indent=2))
 
 
 def run_sweep(space_path: Path, name: str | None = None, storage: Path = Path("experiments"),
@@ -288,14 +267,18 @@ def run_space(space: Space, experiment: Path, smoke: bool = False, resume: bool 
     """Run (or resume) a loaded space as experiment ``experiment``; its parent holds the data caches."""
     storage = experiment.parent
     check_scheduler(space)
+    for warning in [] if smoke else scheduler_warnings(space):  # a smoke corner is too short to mean anything
+        print(f"WARNING: {warning}", flush=True)
+    check_roots(space, storage)
     if not resume and list(experiment.glob("experiment_state-*.json")):
         raise MMSNError(f"{experiment}: holds a sweep; pass --resume to continue it or --name for a new one")
     start_ray(space, address, verbose)
     check_resources(space, wait_for_resources)
     cache = ensure_cache(space, storage)
+    protocol = prepare_protocol(space, storage, cache)
     if not resume:
-        record_sweep(space, experiment, cache, smoke)
-    results = make_tuner(space, experiment, cache, resume).fit()
+        record_sweep(space, experiment, cache, smoke, protocol)
+    results = make_tuner(space, experiment, cache, resume, protocol).fit()
     from trainables.summary import print_summary
 
     print_summary(results, space, experiment)

@@ -41,6 +41,7 @@ from mmsn.checkpoint import ENCODER
 from mmsn.config import Config, to_dict
 from mmsn.engine import NonFiniteLossError, resolve_device
 from mmsn.loop import log_probe
+from mmsn.protocol import Protocol
 from search_spaces.loader import Space, variant_name
 from trainables.halving import awaiting_rung
 from trainables.worker import run_info, train_loop, train_segment, write_probes
@@ -49,12 +50,15 @@ TRIAL_INFO = "trial.json"  # cumulative compute of a PBT trial, inside each repo
 
 
 @ray.remote
-def probe_run_dir(run_dir: str, cache_dir: str, splits: tuple[str, ...] = ("val", "test")) -> dict[str, Any]:
-    """Linear probe of a run directory's image-only encoder; one JSON-able result per split."""
+def probe_run_dir(run_dir: str, cache_dir: str, splits: tuple[str, ...] = ("val", "test"),
+                  protocol: Protocol | None = None) -> dict[str, Any]:
+    """Linear probe of a run directory's image-only encoder; one JSON-able result per split (and the
+    evaluation protocol's results under ``"protocol"``, when given)."""
     from mmsn.checkpoint import load_encoder
     from mmsn.data.cache import open_cache
     from mmsn.engine import resolve_device
     from mmsn.evaluate import probe_encoder
+    from mmsn.protocol import run_protocol
 
     encoder, cfg = load_encoder(Path(run_dir))
     device = resolve_device(cfg)
@@ -63,6 +67,8 @@ def probe_run_dir(run_dir: str, cache_dir: str, splits: tuple[str, ...] = ("val"
     if "test" in results:  # per-image test scores (cache row order, no ids) for paired analysis
         out["test_scores"] = results["test"].scores
         out["test_targets"] = results["test"].targets
+    if protocol is not None:
+        out["protocol"] = run_protocol(encoder, protocol, cfg.probe, cfg.views.size, device)
     return out
 
 
@@ -176,13 +182,27 @@ def _raise_non_finite(result: ray.train.Result) -> None:
         raise NonFiniteLossError(metrics["non_finite"])
 
 
-def one_run(space: Space, cfg: Config, cache: str, experiment: str, trial_dir: Path, trial_id: str) -> None:
+def whole_run(space: Space, cfg: Config, cache: str, trial_dir: Path, protocol: Protocol | None) -> dict[str, Any]:
+    """The train-loop config of a trial run from its first epoch (or checkpoint) to its last milestone,
+    probing at every milestone and running the evaluation protocol at the epochs it asks for."""
+    return {"cfg": to_dict(cfg), "cache": cache, "init": None, "until_epoch": space.epochs,
+            "tb_dir": str(trial_dir / "tb"), "milestones": list(space.scheduler.milestones),
+            "report": {"variant": variant_name(cfg)}, "trial_start": time.time(),
+            "protocol": protocol.to_dict() if protocol else None,
+            "protocol_epochs": protocol_epochs(space) if protocol else []}
+
+
+def protocol_epochs(space: Space) -> list[int]:
+    """The milestones at which the evaluation protocol runs: the last (or all: evaluate.every_milestone)."""
+    return list(space.scheduler.milestones) if space.evaluate.every_milestone else [space.epochs]
+
+
+def one_run(space: Space, cfg: Config, cache: str, experiment: str, trial_dir: Path, trial_id: str,
+            protocol: Protocol | None) -> None:
     """FIFO / ASHA / HyperBand: one worker group from the first epoch (or the latest checkpoint of this
     trial's Train run) to the last milestone."""
     res = space.resources
-    loop = {"cfg": to_dict(cfg), "cache": cache, "init": None, "until_epoch": space.epochs,
-            "tb_dir": str(trial_dir / "tb"), "milestones": list(space.scheduler.milestones),
-            "report": {"variant": variant_name(cfg)}, "trial_start": time.time()}
+    loop = whole_run(space, cfg, cache, trial_dir, protocol)
     gpus = res.workers * res.gpus_per_worker
     own = own_dir(experiment, trial_id)
     replay_reports(own, experiment, trial_dir)
@@ -229,7 +249,8 @@ def _replace_dir(source: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def in_process(space: Space, cfg: Config, cache: str, experiment: str, trial_dir: Path, trial_id: str) -> None:
+def in_process(space: Space, cfg: Config, cache: str, experiment: str, trial_dir: Path, trial_id: str,
+               protocol: Protocol | None) -> None:
     """One-worker FIFO / ASHA / HyperBand / halving: the trial's own process trains from the newest of its Tune
     checkpoint (a retry, ``--resume``) and ``train_runs/<trial id>/latest`` to the last milestone. A
     divergence ends the trial as an error that a retry does not repeat."""
@@ -246,9 +267,7 @@ def in_process(space: Space, cfg: Config, cache: str, experiment: str, trial_dir
     # rather than train it again.
     awaiting = awaiting_rung(experiment, space, trial_id, int(run_info(start).get("epoch", 0)))
     replay_reports(own, experiment, trial_dir, start, awaiting)
-    loop = {"cfg": to_dict(cfg), "cache": cache, "init": None, "until_epoch": space.epochs,
-            "tb_dir": str(trial_dir / "tb"), "milestones": list(space.scheduler.milestones),
-            "report": {"variant": variant_name(cfg)}, "trial_start": time.time()}
+    loop = whole_run(space, cfg, cache, trial_dir, protocol)
 
     def report(metrics: dict[str, Any], folder: Path | None) -> None:
         if "non_finite" in metrics:
@@ -277,15 +296,16 @@ def _restore(checkpoint: ray.tune.Checkpoint | None) -> tuple[str | None, dict[s
     return checkpoint.path, json.loads((Path(checkpoint.path) / TRIAL_INFO).read_text())
 
 
-def _probe(space: Space, run_dir: str, cache: str) -> dict[str, Any]:
+def _probe(space: Space, run_dir: str, cache: str, protocol: Protocol | None = None) -> dict[str, Any]:
     res = space.resources
     # "DEFAULT" leaves the trial's own placement group (a sliver of CPU for the trial driver), so the
     # probe gets the CPUs/GPUs the train workers just released.
     task = probe_run_dir.options(num_cpus=res.probe_cpus, num_gpus=res.probe_gpus, scheduling_strategy="DEFAULT")
-    return ray.get(task.remote(run_dir, cache))  # type: ignore[no-any-return]
+    return ray.get(task.remote(run_dir, cache, ("val", "test"), protocol))  # type: ignore[no-any-return]
 
 
-def segments(space: Space, cfg: Config, cache: str, experiment: str, trial_dir: Path, trial_id: str) -> None:
+def segments(space: Space, cfg: Config, cache: str, experiment: str, trial_dir: Path, trial_id: str,
+             protocol: Protocol | None) -> None:
     """PBT, and halving with several workers: one Train run per milestone, each probed by a Ray task and
     reported with a Tune checkpoint."""
     run_dir, done = _restore(ray.tune.get_checkpoint())
@@ -310,7 +330,7 @@ def segments(space: Space, cfg: Config, cache: str, experiment: str, trial_dir: 
             if previous is not None:
                 shutil.rmtree(previous, ignore_errors=True)
             previous, run_dir, train_s = Path(result.path), result.checkpoint.path, time.time() - start
-            probes = _probe(space, run_dir, cache)
+            probes = _probe(space, run_dir, cache, protocol if milestone in protocol_epochs(space) else None)
             probe_s = time.time() - start - train_s
             spent = {"trial_seconds": train_s + probe_s, "train_seconds": train_s, "probe_seconds": probe_s}
             total = {key: total[key] + spent[key] for key in total}
@@ -327,9 +347,12 @@ def segments(space: Space, cfg: Config, cache: str, experiment: str, trial_dir: 
         writer.close()
 
 
-def msn_trial(config: dict[str, Any], space: Space, cache: str, experiment: str) -> None:
-    """Tune function trainable. ``config`` holds the sampled params, flat dotted keys (``optim.lr``)."""
+def msn_trial(config: dict[str, Any], space: Space, cache: str, experiment: str,
+              protocol: dict[str, Any] | None = None) -> None:
+    """Tune function trainable. ``config`` holds the sampled params, flat dotted keys (``optim.lr``);
+    ``protocol`` the evaluation protocol (mmsn.protocol.Protocol as a dict) or None."""
     cfg = space.config(dict(config))
     context = ray.tune.get_context()
     run = segments if runs_in_segments(space) else in_process if runs_in_process(space) else one_run
-    run(space, cfg, cache, experiment, Path(context.get_trial_dir()), context.get_trial_id())
+    run(space, cfg, cache, experiment, Path(context.get_trial_dir()), context.get_trial_id(),
+        Protocol.from_dict(protocol) if protocol else None)

@@ -31,6 +31,7 @@ from mmsn.data.cache import Cache, open_cache
 from mmsn.engine import NonFiniteLossError, Run, build_run, load_state_dict, state_dict
 from mmsn.evaluate import probe_encoder
 from mmsn.loop import log_probe, train_until
+from mmsn.protocol import Protocol, run_protocol
 
 
 def _start_state(config: dict[str, Any]) -> Path | None:
@@ -66,25 +67,35 @@ def train_report(metrics: dict[str, Any], folder: Path | None) -> None:
 
 
 def write_probes(out: Path, epoch: int, probes: dict[str, Any]) -> None:
-    """Val and test probe summaries as JSON, the per-image test scores as npz (what the analysis reads)."""
+    """Val and test probe summaries as JSON, the per-image test scores as npz (what the analysis reads);
+    the evaluation protocol's (``probes["protocol"]``) as ``epoch_XXX_eval.json`` and one
+    ``epoch_XXX_eval_<dataset>_f<fraction>_d<draw>_test.npz`` per probe."""
     out.mkdir(parents=True, exist_ok=True)
     arrays = {k: probes[k] for k in ("test_scores", "test_targets") if k in probes}
     if arrays:
         np.savez_compressed(out / f"epoch_{epoch:03d}_test.npz", scores=arrays["test_scores"],
                             targets=arrays["test_targets"])
-    summary = {k: v for k, v in probes.items() if k not in arrays}
+    if probes.get("protocol") is not None:
+        summary, scores = probes["protocol"]
+        for name, (test_scores, targets) in scores.items():
+            np.savez_compressed(out / f"epoch_{epoch:03d}_eval_{name}_test.npz", scores=test_scores, targets=targets)
+        (out / f"epoch_{epoch:03d}_eval.json").write_text(json.dumps({"epoch": epoch, **summary}, indent=1))
+    summary = {k: v for k, v in probes.items() if k not in arrays and k != "protocol"}
     (out / f"epoch_{epoch:03d}.json").write_text(json.dumps({"epoch": epoch, **summary}, indent=1))
 
 
-def probe_splits(run: Run, cache: Cache) -> dict[str, Any]:
+def probe_splits(run: Run, cache: Cache, protocol: Protocol | None = None) -> dict[str, Any]:
     """Val and test probe of the objective's image-only encoder (one fit), JSON-able, plus the test
-    scores and targets in cache row order (no ids) for the paired analysis."""
+    scores and targets in cache row order (no ids) for the paired analysis; with ``protocol``, also the
+    evaluation protocol's results (``"protocol"``: (summary, scores), mmsn.protocol.run_protocol)."""
     run.objective.eval()
-    results = probe_encoder(run.objective.eval_encoder(), cache, run.cfg.probe, run.cfg.views.size, run.device,
-                            ("val", "test"))
-    run.objective.train()
+    encoder = run.objective.eval_encoder()
+    results = probe_encoder(encoder, cache, run.cfg.probe, run.cfg.views.size, run.device, ("val", "test"))
     out: dict[str, Any] = {split: result.to_json_dict() for split, result in results.items()}
     out["test_scores"], out["test_targets"] = results["test"].scores, results["test"].targets
+    if protocol is not None:
+        out["protocol"] = run_protocol(encoder, protocol, run.cfg.probe, run.cfg.views.size, run.device)
+    run.objective.train()
     return out
 
 
@@ -170,6 +181,8 @@ def train_loop(config: dict[str, Any], rank: int, world: int, device: Any, wrap:
     writer = SummaryWriter(config["tb_dir"]) if rank == 0 and config.get("tb_dir") else None
     info = {"cache": str(cache.root), "dataset": cache.meta["dataset"], "world_size": world}
     milestones = set(config.get("milestones") or ())
+    protocol = Protocol.from_dict(config["protocol"]) if config.get("protocol") else None
+    protocol_epochs = set(config.get("protocol_epochs") or ())
     clock = Clock(float(config.get("trial_start") or time.time()), run_info(start))
 
     def save(run: Run, metrics: dict[str, Any], checkpoint: bool) -> None:
@@ -177,7 +190,7 @@ def train_loop(config: dict[str, Any], rank: int, world: int, device: Any, wrap:
         probes = None
         if run.epoch in milestones:
             if rank == 0:
-                probes = probe_splits(run, cache)
+                probes = probe_splits(run, cache, protocol if run.epoch in protocol_epochs else None)
                 log_probe(writer, probes["val"], run.epoch)
                 metrics = {**metrics, "val_auroc": probes["val"]["macro_auroc"], **config.get("report", {})}
             clock.probe_done()

@@ -11,7 +11,7 @@ import multiprocessing
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -148,15 +148,20 @@ def build_meta(source: Source, table: pd.DataFrame, size: int, seed: int, split:
 
 
 def prepare(source: Source, out: Path, *, size: int, seed: int, split: Any, n: int | None,
-            workers: int = 1, overwrite: bool = False) -> Path:
-    """Write the cache for ``source`` to ``out`` (see mmsn.data.cache for the format)."""
+            workers: int = 1, overwrite: bool = False, exclude_patients: Collection[str] = ()) -> Path:
+    """Write the cache for ``source`` to ``out`` (see mmsn.data.cache for the format). The images of
+    ``exclude_patients`` are left out before any is drawn (an evaluation dataset that must not share a
+    patient with the pretraining data); meta.json records how many, never which."""
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise DataError(f"--size {size}: must be within {MIN_SIZE}..{MAX_SIZE}")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DataError(f"{out}: exists and is not empty; pass --overwrite to replace it")
     validate_source(source)
-    rows = subsample(source.table, n, seed)
+    allowed = np.flatnonzero(~source.table["patient_id"].astype(str).isin(set(exclude_patients)))
+    if allowed.size == 0:
+        raise DataError(f"{source.dataset}: every patient is excluded (they are the pretraining data's)")
+    rows = allowed[subsample(source.table.iloc[allowed], n, seed)]
     keep = ["image_id", "patient_id", *source.labels, *(c.name for c in source.ehr)]
     table = source.table.iloc[rows].reset_index(drop=True)
     split_col = assign_split(table, split, seed)
@@ -164,6 +169,9 @@ def prepare(source: Source, out: Path, *, size: int, seed: int, split: Any, n: i
     table = table[["image_id", "patient_id", "split", *keep[2:]]]
     table[list(source.labels)] = table[list(source.labels)].astype(np.int8)
     meta = build_meta(source, table, size, seed, split, n)
+    if len(exclude_patients):
+        meta["excluded"] = {"images": int(len(source.table) - allowed.size),
+                            "why": "patients of the pretraining data (sweep evaluate.datasets)"}
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

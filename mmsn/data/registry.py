@@ -26,6 +26,9 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {
     "synthetic": DatasetSpec("mmsn.data.synthetic", "load_synthetic", False, 3000,
                              "procedural CXRs on real NIH-14 metadata (the embedded default)", SYNTHETIC_EHR),
+    "synthetic_b": DatasetSpec("mmsn.data.synthetic", "load_synthetic_b", False, 3000,
+                               "the synthetic default through another site's scanner (a transfer dataset)",
+                               SYNTHETIC_EHR),
     "nih14": DatasetSpec("mmsn.data.nih14", "load_nih14", True, None, "NIH ChestX-ray14", NIH14_EHR),
     "chexpert": DatasetSpec("mmsn.data.chexpert", "load_chexpert", True, None, "CheXpert", CHEXPERT_EHR),
     "mimic": DatasetSpec("mmsn.data.mimic", "load_mimic", True, None, "MIMIC-CXR-JPG + MIMIC-IV", MIMIC_EHR),

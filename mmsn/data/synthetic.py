@@ -19,6 +19,7 @@ logistic model; 2 % of ``view`` and of ``age`` are blanked (seeded) to exercise 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import io
 import zipfile
@@ -46,6 +47,11 @@ LABEL = {name: j for j, name in enumerate(NIH14_LABELS)}
 # 2: positioning spread of real films (shift, magnification, rotation about twice version 1's).
 RENDERER_VERSION = 2
 BLANK_FRACTION = 0.02  # of view and of age, each, blanked at random (seeded)
+# Scanner styles. "b" is another site: a harder exposure, a noisier and blurrier detector, and the
+# collimator's unexposed margins left bright (not cropped) along the film's edges.
+STYLES = {"a": "the default scanner",
+          "b": "another site's scanner: contrast x1.25, gamma x0.85, 1.7x quantum noise, 1.4x blur, and "
+               "bright unexposed collimation margins (2-7 % of the film) along its edges"}
 ICU_PREVALENCE, DEATH_PREVALENCE = 0.12, 0.045  # simulated stay targets (MIMIC-like inpatient mix)
 
 # Simulated stay: log-odds added per present finding (AP films = bed-bound, sicker patients).
@@ -143,19 +149,21 @@ def synthetic_table(meta: pd.DataFrame, seed: int) -> pd.DataFrame:
     return table[["image_id", "patient_id", *NIH14_LABELS, *(c.name for c in SYNTHETIC_EHR)]]
 
 
-def load_synthetic(root: Path | None, seed: int) -> Source:
+def load_synthetic(root: Path | None, seed: int, style: str = "a") -> Source:
     """All NIH-14 metadata rows + simulated stay columns + a procedural image renderer.
 
     root: None (torchxrayvision's bundled ``Data_Entry_2017_v2020.csv.gz``), or another
           ``Data_Entry_2017*.csv(.gz)`` file, or a folder holding one.
     seed: drives the simulated stay columns, the blanked values and every image.
+    style: the scanner (:data:`STYLES`): "a" the default, "b" another site's (dataset ``synthetic_b``).
     """
     csv = resolve_csv(root)
     meta = read_metadata(csv)
     age = meta["age"].to_numpy(np.float32)
     renderer = SyntheticRenderer(  # rendered from the values before blanking: a film still has a view
         labels=meta[list(NIH14_LABELS)].to_numpy(np.int8), age=np.where(np.isfinite(age), age, 50.0),
-        female=(meta["sex"] == "F").to_numpy(), ap=(meta["view"] == "AP").to_numpy(), seed=seed, csv=str(csv))
+        female=(meta["sex"] == "F").to_numpy(), ap=(meta["view"] == "AP").to_numpy(), seed=seed, csv=str(csv),
+        style=style)
     notes = {
         "rows": f"every row of the real NIH ChestX-ray14 metadata {csv.name}: age, sex, view, follow-up # "
                 "and the 14 findings ('|'-separated, 'No Finding' -> all 0); ids are synthetic "
@@ -170,9 +178,17 @@ def load_synthetic(root: Path | None, seed: int) -> Source:
         "missing": f"{BLANK_FRACTION:.0%} of view and, independently, {BLANK_FRACTION:.0%} of age blanked "
                    "at random (seeded) to exercise missing values; images use the unblanked values",
         "age": "Patient Age > 120 -> missing (as in the nih14 adapter)",
+        "scanner": f"style {style}: {STYLES[style]}",
     }
-    return Source("synthetic", synthetic_table(meta, seed), NIH14_LABELS, SYNTHETIC_EHR, renderer,
+    name = "synthetic" if style == "a" else f"synthetic_{style}"
+    return Source(name, synthetic_table(meta, seed), NIH14_LABELS, SYNTHETIC_EHR, renderer,
                   files=(str(csv),), notes=notes)
+
+
+def load_synthetic_b(root: Path | None, seed: int) -> Source:
+    """:func:`load_synthetic` through another site's scanner (style "b"): the transfer dataset of the
+    embedded default. Sweeps prepare it without the patients of their primary cache."""
+    return load_synthetic(root, seed, style="b")
 
 
 # ------------------------------------------------------------------------------ lung templates
@@ -817,9 +833,11 @@ class SyntheticRenderer:
     """
 
     def __init__(self, labels: np.ndarray, age: np.ndarray, female: np.ndarray, ap: np.ndarray,
-                 seed: int, csv: str = "synthetic") -> None:
+                 seed: int, csv: str = "synthetic", style: str = "a") -> None:
+        if style not in STYLES:
+            raise DataError(f"synthetic: unknown scanner style {style!r}; valid: {', '.join(STYLES)}")
         self.labels, self.age, self.female, self.ap = labels, age.astype(np.float32), female, ap
-        self.seed, self.csv = int(seed), csv
+        self.seed, self.csv, self.style = int(seed), csv, style
 
     def __call__(self, i: int, size: int) -> np.ndarray:
         if not 0 <= i < len(self.labels) or size < 8:
@@ -837,7 +855,25 @@ class SyntheticRenderer:
             if strength[LABEL[name]] > 0:
                 paint(c, p, rng, float(strength[LABEL[name]]), lay)
         paint_nuisances(c, p, rng, lay)
+        if self.style == "b":  # after every draw of style a, so the patient and findings stay the same
+            return site_b(anatomy(c, p, lay), p, size, np.random.default_rng([self.seed, int(i), size]),
+                          np.random.default_rng([self.seed, int(i), 2]))
         return expose(anatomy(c, p, lay), p, size, np.random.default_rng([self.seed, int(i), size]))
+
+
+def site_b(density: np.ndarray, p: Patient, size: int, noise_rng: np.random.Generator,
+           rng: np.random.Generator) -> np.ndarray:
+    """Style "b" (:data:`STYLES`): the same patient on another scanner."""
+    contrast, brightness, gamma = p.exposure
+    other = dataclasses.replace(p, exposure=(contrast * 1.25, brightness - 0.03, gamma * 0.85),
+                                noise=p.noise * 1.7, blur=p.blur * 1.4)
+    img = expose(density, other, size, noise_rng).astype(np.float32)
+    top, bottom, left, right = (max(1, int(round(f * size))) for f in rng.uniform(0.02, 0.07, 4))
+    margin = np.zeros((size, size), dtype=bool)
+    margin[:top], margin[-bottom:], margin[:, :left], margin[:, -right:] = True, True, True, True
+    level = rng.uniform(215, 245)  # unexposed: bright, with the detector's own noise
+    img[margin] = np.round(level + 4 * noise_rng.standard_normal(int(margin.sum())))
+    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def contact_sheet(source: Source, rows: np.ndarray, size: int = 128, columns: int = 4) -> np.ndarray:
