@@ -108,7 +108,7 @@ def reference_records(info: ExperimentInfo, evaluation: Evaluation, compute: boo
 
     targets = dict((str(k), str(c)) for k, c in (info.protocol or {}).get("targets", []))
     where = info.path / "references" / "protocol" / evaluation.dataset
-    cache_dir = targets.get(evaluation.dataset)
+    cache_dir, draws = targets.get(evaluation.dataset), int((info.protocol or {}).get("draws", 1))
     found: dict[tuple[str, float, int], tuple[dict, Path]] = {}
     if compute and info.space is not None and cache_dir and (Path(cache_dir) / "meta.json").is_file():
         import torch
@@ -116,10 +116,9 @@ def reference_records(info: ExperimentInfo, evaluation: Evaluation, compute: boo
         from mmsn.data.cache import open_cache
 
         found = references.ensure_protocol(where, open_cache(cache_dir), info.space.base, torch.device("cpu"),
-                                           [evaluation.fraction], int(info.protocol["draws"]))  # type: ignore[index]
+                                           [evaluation.fraction], draws)
     else:
-        draws = int((info.protocol or {}).get("draws", 1)) if evaluation.fraction < 1 else 1
-        for d in range(draws):
+        for d in range(draws if evaluation.fraction < 1 else 1):
             found |= {(name, evaluation.fraction, d): v
                       for name, v in references.read(where, suffix=f"_f{evaluation.fraction:g}_d{d}").items()}
     return [TrialRecord(f"reference:{references.REFERENCES[name]}:{evaluation.dataset}:f{fraction:g}:d{d}",

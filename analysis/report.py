@@ -311,8 +311,9 @@ def stacked_ranking(findings: Findings) -> pd.DataFrame:
     protocol, one ranking per (evaluation dataset, label fraction) below it."""
     f = findings
     own = f.info.space.base.probe.label_fraction if f.info.space is not None else 1.0
-    primary = f.ranking.assign(eval_dataset=(f.info.protocol or {}).get("targets", [[f.info.name]])[0][0]
-                               if f.info.protocol else "primary", label_fraction=own)
+    name = (f.info.protocol["targets"][0][0] if f.info.protocol else
+            f.info.space.data.dataset if f.info.space is not None else "primary")
+    primary = f.ranking.assign(eval_dataset=name, label_fraction=own)
     if f.protocol is None or f.protocol.rankings.empty:
         return primary
     return pd.concat([primary, f.protocol.rankings], ignore_index=True)

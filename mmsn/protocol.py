@@ -32,6 +32,7 @@ from mmsn.models.backbone import ViTEncoder
 from mmsn.probe import label_fraction_mask, run_probe_splits
 
 SPLITS = ("train", "val", "test")
+Features = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # split -> (N, d) features, (N, L) labels
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,11 @@ def check_fractions(key: str, cache: Cache, fractions: Sequence[float], draws: i
 
 
 def run_protocol(encode: Encode | ViTEncoder, protocol: Protocol, cfg: ProbeConfig, size: int,
-                 device: torch.device) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Probe ``encode`` on every (target, fraction, draw): features once per target, one fit per draw.
+                 device: torch.device, known: dict[str, Features] | None = None,
+                 ) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Probe ``encode`` on every (target, fraction, draw): features once per target (``known``: features
+    already extracted, by target key, e.g. the primary's from the milestone probe), one fit per draw.
+    The JSON results carry no CIs: the analysis bootstraps the per-image scores.
 
     Returns (summary, scores): summary ``{"results": [{dataset, fraction, draw, seed, val, test}],
     "labels": {dataset: [names]}, "seconds": s}`` (JSON-able, no ids) and scores
@@ -88,11 +92,12 @@ def run_protocol(encode: Encode | ViTEncoder, protocol: Protocol, cfg: ProbeConf
     for key, cache_dir in protocol.targets:
         cache = open_cache(Path(cache_dir))
         labels[key] = list(cache.labels)
-        features, targets = split_features(encode, cache, cfg, size, device, SPLITS)
+        features, targets = (known or {}).get(key) or split_features(encode, cache, cfg, size, device, SPLITS)
         patients = train_patients(cache)
         for fraction in protocol.fractions:
             for d, draw_seed in enumerate(draw_seeds(fraction, protocol.draws, cfg.seed)):
-                probe_cfg = dataclasses.replace(cfg, label_fraction=fraction, seed=draw_seed)
+                # No bootstrap here: the analysis resamples the saved per-image scores, paired across arms
+                probe_cfg = dataclasses.replace(cfg, label_fraction=fraction, seed=draw_seed, bootstrap=0)
                 out = run_probe_splits(features, targets, cache.labels, probe_cfg, ("val", "test"), patients)
                 results.append({"dataset": key, "fraction": fraction, "draw": d, "seed": draw_seed,
                                 **{split: r.to_json_dict() for split, r in out.items()}})

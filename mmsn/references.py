@@ -217,7 +217,7 @@ def ensure_protocol(out: Path, cache: Cache, cfg: Config, device: torch.device, 
             suffix = f"_f{fraction:g}_d{d}"
             missing = _missing(read(out, stamp, suffix), cache, names)
             if missing:
-                probe = dataclasses.replace(cfg.probe, label_fraction=fraction, seed=seed)
+                probe = dataclasses.replace(cfg.probe, label_fraction=fraction, seed=seed, bootstrap=0)
                 for name in missing:
                     if name not in features:
                         features[name] = reference_features(name, cache, cfg, device)

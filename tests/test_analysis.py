@@ -537,3 +537,60 @@ def test_stopped_arms_follow_full_length_ones_so_order_agrees_with_paired_differ
     by_mean = ranking.sort_values("mean", ascending=False).assign(rank=[1, 2, 3])  # the old order
     assert stats.contradictions(by_mean) == [
         "scan is listed above none but its paired difference is -0.0200 (at epoch 4, common seeds)"]
+
+
+PROTOCOL_SPACE = SPACE_YAML.replace("scheduler: {type: asha, milestones: [1, 2], reduction_factor: 2}",
+                                    "scheduler: {type: fifo, milestones: [1, 2]}")
+
+
+def _write_protocol(exp: Path, signals: dict[str, float], n_test: int = 300) -> None:
+    """Protocol files at epoch 2 in every trial that reached it, as the sweep writes them: datasets
+    "fake" (primary) and "other" at fractions 0.1 (2 draws) and 1.0; at 0.1 label Edema has no train
+    positive (NaN scores). ``signals``: variant -> signal on the "other" dataset."""
+    sweep = json.loads((exp / "sweep.json").read_text())
+    sweep["protocol"] = {"targets": [["fake", "/no/cache"], ["other", "/no/other"]], "fractions": [0.1, 1.0],
+                         "draws": 2}
+    (exp / "sweep.json").write_text(json.dumps(sweep))
+    rng = np.random.default_rng(11)
+    y = targets(rng, n_test)
+    for trial_dir in sorted(exp.glob("msn_trial_*")):
+        result = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+        if result[-1]["epoch"] != 2:
+            continue
+        signal, results = signals[result[-1]["variant"]], []
+        for dataset in ("fake", "other"):
+            for fraction, draws in ((0.1, 2), (1.0, 1)):
+                for draw in range(draws):
+                    scores = planted(rng, y, (signal if dataset == "other" else 1.0) * (0.7 if fraction < 1 else 1))
+                    if fraction < 1:
+                        scores[:, LABELS.index("Edema")] = np.nan
+                    name = f"{dataset}_f{fraction:g}_d{draw}"
+                    np.savez_compressed(trial_dir / "probes" / f"epoch_002_eval_{name}_test.npz", scores=scores,
+                                        targets=y)
+                    probe = _probe_named(y, np.nan_to_num(scores), LABELS)
+                    results.append({"dataset": dataset, "fraction": fraction, "draw": draw, "seed": draw,
+                                    "val": probe, "test": probe})
+        (trial_dir / "probes" / "epoch_002_eval.json").write_text(json.dumps(
+            {"epoch": 2, "results": results, "labels": {"fake": list(LABELS), "other": list(LABELS[:4])},
+             "seconds": 2.5}))
+
+
+def test_the_protocol_is_ranked_per_dataset_and_fraction_with_draws_paired(tmp_path: Path) -> None:
+    exp = make_experiment(tmp_path, FAKE_TRIALS[:8], PROTOCOL_SPACE)
+    _write_protocol(exp, {"none": 1.0, "film:demographic": 1.8, "concat_anchor:scan": 1.0,
+                          "concat_anchor:stay": 1.0})
+    result = analyze(exp, n_boot=200, references=False)
+    ranking = pd.read_csv(result.out / "ranking.csv")
+    cells = set(zip(ranking["eval_dataset"], ranking["label_fraction"]))
+    assert cells == {("fake", 1.0), ("fake", 0.1), ("other", 0.1), ("other", 1.0)}  # primary once, at 1.0
+    rows = ranking.set_index(["eval_dataset", "label_fraction", "arm"])
+    assert rows.loc[("other", 1.0, "film:demographic"), "verdict"] == "better"
+    assert rows.loc[("fake", 0.1, "none"), "n_trials"] == 4  # 2 seeds x 2 label draws
+    paired = rows.loc[("other", 0.1, "concat_anchor:stay")]
+    assert paired["paired"] and paired["n_pairs"] == 4 and paired["test_method"] == "bootstrap"  # (seed, draw) pairs
+    # Edema had no train positive at 0.1: missing (NaN), so the macro is over the other labels, not pulled to 0.5
+    assert rows.loc[("fake", 0.1, "none"), "mean"] > 0.6
+    report = result.report.read_text()
+    assert "## Evaluation protocol" in report and "other @ 0.1" in report and "sd " in report
+    assert "shared findings (4)" in report and "protocol_seconds" in report
+    assert (result.out / "protocol_auroc_vs_fraction.png").stat().st_size > 10_000

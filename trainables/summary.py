@@ -30,4 +30,7 @@ def print_summary(results: Any, space: Space, experiment: Path) -> None:
     print("\nArms ranked by test macro AUROC (diff: paired to the same setting without EHR"
           + (", and to vanilla MSN" if any(c.startswith("vs_msn_") for c in result.ranking) else "") + "):")
     print(format_ranking(result.ranking))
+    if "protocol" in result.files:
+        print(f"\nevaluation protocol (each dataset x label fraction ranked the same way): "
+              f"{result.files['ranking_csv']} (eval_dataset, label_fraction), {result.files['protocol']}")
     print(f"\nreport: {result.report}\nexperiment: {experiment}\n  tensorboard --logdir {experiment}")

@@ -29,8 +29,9 @@ from mmsn.checkpoint import RUN_INFO, load_state, save_run
 from mmsn.config import Config, from_dict
 from mmsn.data.cache import Cache, open_cache
 from mmsn.engine import NonFiniteLossError, Run, build_run, load_state_dict, state_dict
-from mmsn.evaluate import probe_encoder
+from mmsn.evaluate import split_features, train_patients
 from mmsn.loop import log_probe, train_until
+from mmsn.probe import run_probe_splits
 from mmsn.protocol import Protocol, run_protocol
 
 
@@ -89,12 +90,14 @@ def probe_splits(run: Run, cache: Cache, protocol: Protocol | None = None) -> di
     scores and targets in cache row order (no ids) for the paired analysis; with ``protocol``, also the
     evaluation protocol's results (``"protocol"``: (summary, scores), mmsn.protocol.run_protocol)."""
     run.objective.eval()
-    encoder = run.objective.eval_encoder()
-    results = probe_encoder(encoder, cache, run.cfg.probe, run.cfg.views.size, run.device, ("val", "test"))
+    encoder, cfg = run.objective.eval_encoder(), run.cfg
+    features = split_features(encoder, cache, cfg.probe, cfg.views.size, run.device, ("train", "val", "test"))
+    results = run_probe_splits(*features, cache.labels, cfg.probe, ("val", "test"), train_patients(cache))
     out: dict[str, Any] = {split: result.to_json_dict() for split, result in results.items()}
     out["test_scores"], out["test_targets"] = results["test"].scores, results["test"].targets
-    if protocol is not None:
-        out["protocol"] = run_protocol(encoder, protocol, run.cfg.probe, run.cfg.views.size, run.device)
+    if protocol is not None:  # the primary cache's features are the ones just extracted
+        out["protocol"] = run_protocol(encoder, protocol, cfg.probe, cfg.views.size, run.device,
+                                       {protocol.targets[0][0]: features})
     run.objective.train()
     return out
 
