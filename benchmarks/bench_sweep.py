@@ -70,7 +70,9 @@ def summarise(experiment: Path, last: int) -> dict:
     by_arm = trials.groupby("arm")["val_auroc"].mean().sort_values(ascending=False)
     full = trials[trials["epoch"] >= last].groupby("arm")["val_auroc"].mean().sort_values(ascending=False)
     files = [p for p in experiment.rglob("*") if p.is_file() and "analysis" not in p.parts]
+    sd = trials[trials["epoch"] >= last].groupby("arm")["val_auroc"].std().dropna()
     return {"trial_seconds": float(trials["trial_seconds"].sum()), "best": str(full.index[0]) if len(full) else "-",
+            "seed_sd": float(sd.median()) if len(sd) else None,
             "split": compute_split(experiment),
             "bytes_per_trial": sum(p.stat().st_size for p in files) / max(len(trials), 1),
             "full_checkpoints_per_trial": sum(p.name == "checkpoint.pt" for p in files) / max(len(trials), 1),
@@ -128,6 +130,10 @@ def main() -> None:
                                           [run["val_auroc"][a] for a in common])[0])
         run["compute_ratio"] = run["trial_seconds"] / grid["trial_seconds"]
         run["same_best"] = run["best"] == grid["best"]
+        # how good the scheduler's pick is by the grid's own measure: its rank there and what it gives up
+        order = sorted(grid["val_auroc"], key=lambda a: -grid["val_auroc"][a])
+        run["pick_rank_in_grid"] = order.index(run["best"]) + 1 if run["best"] in order else None
+        run["regret"] = grid["val_auroc"][grid["best"]] - grid["val_auroc"].get(run["best"], float("nan"))
     if args.epoch_time:
         results["epoch_seconds"] = {w: epoch_time(space, storage, w) for w in (1, 2)}
     report(space, results, kinds)
@@ -152,9 +158,13 @@ def report(space: Space, results: dict, kinds: list[str]) -> None:
     for kind in kinds:
         r = results[kind]
         print(f"{kind} compute / grid compute: {r['compute_ratio']:.2f} (goal <= 0.35); same best arm: "
-              f"{r['same_best']}; Spearman rank correlation of arms: {r['spearman']:.2f}; wall "
+              f"{r['same_best']} (its pick is #{r['pick_rank_in_grid']} of the grid, {r['regret']:.4f} val AUROC "
+              f"below the grid's best); Spearman rank correlation of arms: {r['spearman']:.2f}; wall "
               f"{r['wall_seconds']:.0f} s vs grid {results['grid']['wall_seconds']:.0f} s")
         print(f"epochs reached under {kind}: " + ", ".join(f"{k} {v}" for k, v in r["epochs"].items()))
+    sd = results["grid"].get("seed_sd")
+    print("seed spread (median over arms of the grid's sd over seeds at the last milestone): "
+          + (f"{sd:.4f}" if sd is not None else "one seed"))
     if "epoch_seconds" in results:
         e = results["epoch_seconds"]
         print(f"Ray Train epoch time: 1 worker {e[1]:.2f} s, 2 workers {e[2]:.2f} s (ratio {e[2] / e[1]:.2f})")

@@ -157,7 +157,7 @@ def replay_reports(own: Path, experiment: str, trial_dir: Path, state: Path | No
         if int(metrics["epoch"]) != epoch:
             ray.tune.report(metrics)
     if state is not None and (awaiting or any(int(m["epoch"]) == epoch for m in unlogged)):
-        _file_milestone(trial_dir, epoch, state)
+        _file_milestone(trial_dir, epoch, state, missing_only=True)
         metrics = json.loads((own / REPORTED / f"epoch_{epoch:03d}.json").read_text())
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(state)))
 
@@ -166,14 +166,17 @@ def tune_metrics(metrics: dict[str, Any], gpus: float) -> dict[str, Any]:
     return {**metrics, "gpu_seconds": metrics["trial_seconds"] * gpus}
 
 
-def _file_milestone(trial_dir: Path, epoch: int, run_dir: Path) -> None:
+def _file_milestone(trial_dir: Path, epoch: int, run_dir: Path, missing_only: bool = False) -> None:
     """A milestone's probe files and image-only encoder (a timm state dict, small) into the trial
-    directory: they stay there, while full checkpoints do not."""
+    directory: they stay there, while full checkpoints do not. ``missing_only``: a replayed milestone
+    files only what the trial directory lacks (what is there is that milestone's, and stays untouched)."""
     (trial_dir / "probes").mkdir(exist_ok=True)
-    for path in (run_dir / "probes").glob(f"epoch_{epoch:03d}*"):
-        shutil.copyfile(path, trial_dir / "probes" / path.name)
     (trial_dir / "encoders").mkdir(exist_ok=True)
-    shutil.copyfile(run_dir / ENCODER, trial_dir / "encoders" / f"epoch_{epoch:03d}.pth")
+    copies = [(path, trial_dir / "probes" / path.name) for path in (run_dir / "probes").glob(f"epoch_{epoch:03d}*")]
+    copies.append((run_dir / ENCODER, trial_dir / "encoders" / f"epoch_{epoch:03d}.pth"))
+    for source, target in copies:
+        if not (missing_only and target.exists()):
+            shutil.copyfile(source, target)
 
 
 def _raise_non_finite(result: ray.train.Result) -> None:
