@@ -199,6 +199,9 @@ def plot_compute(trials: pd.DataFrame, path: Path, metric: str, metric_label: st
     return _save(fig, path)
 
 
+REFERENCE_LINES = {"raw pixels": "--", "random init": ":", "EHR only": "-.", "supervised": (0, (5, 1, 1, 1))}
+
+
 def plot_protocol(ranking: pd.DataFrame, path: Path, metric_label: str) -> Path:
     """The evaluation protocol: each arm's mean (95 % CI) against the label fraction (log x), one panel per
     evaluation dataset; reference rows dashed and grey."""
@@ -217,9 +220,10 @@ def plot_protocol(ranking: pd.DataFrame, path: Path, metric_label: str) -> Path:
             line = line.sort_values("label_fraction")
             reference = (line["verdict"] == REFERENCE).all()
             err = np.vstack([line["mean"] - line["ci_lo"], line["ci_hi"] - line["mean"]])
+            style = ({"color": "#7f7f7f", "linestyle": REFERENCE_LINES.get(arm, "--"), "marker": "^"}
+                     if reference else {"color": colours[arm], "linestyle": "-", "marker": "o"})
             ax.errorbar(line["label_fraction"], line["mean"], yerr=None if np.isnan(err).any() else err,
-                        color="#8c8c8c" if reference else colours[arm], linestyle="--" if reference else "-",
-                        marker="^" if reference else "o", capsize=3, label=arm)
+                        capsize=3, label=arm, **style)
         ax.set_xscale("log")
         fractions = sorted(set(part["label_fraction"]))
         ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
@@ -229,6 +233,6 @@ def plot_protocol(ranking: pd.DataFrame, path: Path, metric_label: str) -> Path:
         ax.grid(alpha=0.3)
     handles, names = axes[-1].get_legend_handles_labels()
     axes[-1].legend(handles, names, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small",
-                    title="arm (dashed: reference)")
+                    title="arm (grey: reference)")
     fig.suptitle(title)
     return _save(fig, path)
