@@ -7,6 +7,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 storage=${1:-$(mktemp -d /tmp/mmsn-smoke-all-XXXXXX)}
+mkdir -p "$storage"
 export RAY_AUTH_MODE=token PATH="$PWD/.venv/bin:$PATH"
 port=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 dash=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

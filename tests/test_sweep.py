@@ -1,5 +1,7 @@
 """End-to-end sweeps on a real local Ray (CPU, gloo): ASHA on probe AUROC with 2 Train workers and a
-worker killed mid-run, kill-and-resume. PBT cloning runs through `ray job submit` (tests/test_job_submit.py).
+worker killed mid-run, kill-and-resume, a diverging trial, synchronous halving of arms (interrupted and
+resumed), the evaluation protocol's smoke sweep. PBT cloning runs through `ray job submit`
+(tests/test_job_submit.py).
 Each sweep runs `python -m trainables.sweep` in its own process, which starts its own local Ray."""
 
 from __future__ import annotations
