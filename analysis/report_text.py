@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -156,8 +157,13 @@ def _baseline_words(baseline: str) -> str:
 VERSUS = "vs_msn_"  # prefix of the objectives-vs-vanilla-MSN columns of the ranking (analysis.report)
 
 
+def _arm_list(arms: Sequence[str]) -> str:
+    """Arms in code type: an arm may be called `none` (fusion none), which must not read as "no arm"."""
+    return ", ".join(f"`{a}`" for a in arms) or "no arm"
+
+
 def _tested(r: pd.DataFrame, prefix: str, verdict: str) -> str:
-    return ", ".join(r.loc[r[f"{prefix}verdict"] == verdict, "arm"]) or "none"
+    return _arm_list(r.loc[r[f"{prefix}verdict"] == verdict, "arm"].tolist())
 
 
 def _two_questions(f: Findings) -> str:
@@ -250,8 +256,8 @@ def _verdicts(f: Findings) -> str:
     better = f.ranking.loc[f.ranking["verdict"] == BETTER, "arm"].tolist()
     worse = f.ranking.loc[f.ranking["verdict"] == WORSE, "arm"].tolist()
     tested = f.ranking["p_holm"].notna().any()
-    summary = (f"Better than their baseline (Holm-adjusted p < 0.05): {', '.join(better) or 'none'}. "
-               f"Worse: {', '.join(worse) or 'none'}." if tested
+    summary = (f"Better than their baseline (Holm-adjusted p < 0.05): {_arm_list(better)}. "
+               f"Worse: {_arm_list(worse)}." if tested
                else "No comparison could be tested yet (see below for why).")
     return "## Verdicts\n\n" + summary + "\n\n" + "\n".join(lines) + "\n"
 

@@ -457,8 +457,8 @@ def test_report_answers_both_questions_side_by_side(tmp_path: Path) -> None:
     assert rows.loc["labels:sex+age [objective.name=msn_supcon]", "baseline"] == msn
     assert rows.loc[msn, "vs_msn_verdict"] == "baseline"
     report = result.report.read_text()
-    assert "## Two questions side by side" in report and f"EHR helps: {mrm}" in report
-    assert "Better than vanilla MSN: " + mrm in report and "the grid has 12 trials" not in report
+    assert "## Two questions side by side" in report and f"EHR helps: `{mrm}`" in report
+    assert f"Better than vanilla MSN: `{mrm}`" in report and "the grid has 12 trials" not in report
     assert {"vs_msn_diff", "vs_msn_p_holm"} <= set(pd.read_csv(result.out / "ranking.csv").columns)
 
 
@@ -507,7 +507,7 @@ def test_reference_rows_are_computed_once_and_paired_with_the_arms(tmp_path: Pat
     assert {"random_init.json", "raw_pixels_test.npz", "ehr_only.json"} <= set(stamps)
     report = result.report.read_text()
     line = next(ln for ln in report.splitlines() if ln.startswith("- Better than raw pixels: "))
-    assert "## Against the references" in report and {"none", "concat_anchor:demographic"} <= set(
+    assert "## Against the references" in report and {"`none`", "`concat_anchor:demographic`"} <= set(
         line.split(": ", 1)[1].split("; ")[0].split(", "))
     analyze(exp, n_boot=100)  # reused, not recomputed
     assert {p.name: p.stat().st_mtime_ns for p in (exp / "references").iterdir()} == stamps
