@@ -7,8 +7,8 @@ written; error messages arrive scrubbed of paths and id-like tokens (``load.erro
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd

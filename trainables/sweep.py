@@ -172,7 +172,7 @@ def prune_checkpoints(trial_dir: Path, kept: str | None) -> None:
 
 def train_runs_cleanup(experiment: Path) -> Any:
     """A Tune callback removing a trial's own state (``train_runs/<trial id>``: its Train run, ``latest``,
-    the reports it sent; under PBT its last segment) once Tune is done with the trial: finished, stopped
+    the reports it sent; in segments its last one) once Tune is done with the trial: finished, stopped
     by the scheduler, or failed for good (``--resume`` does not rerun failed trials). Only an unfinished
     trial keeps it, for ``--resume``."""
     from ray.tune import Callback

@@ -1,10 +1,11 @@
 """The Tune trainable: pretraining with a linear probe at each milestone (RESEARCH.md section 5, way B).
 
-FIFO, ASHA, HyperBand and halving, one worker per trial: the trial trains in its own process (a Tune function
-trainable holding the worker's CPUs/GPUs): no worker group to start, ~10-25 s saved per trial on a small
-machine. Each milestone is probed in place (val and test) and reported to Tune with the full checkpoint
-(Tune keeps the latest, which serves a retry and ``--resume``); the epochs between milestones keep their
-latest checkpoint in ``train_runs/<trial id>/latest``, removed when the trial ends.
+One worker per trial, any scheduler: the trial trains in its own process (a Tune function trainable
+holding the worker's CPUs/GPUs): no worker group to start, ~10-25 s saved per trial on a small machine
+(and under PBT per milestone). Each milestone is probed in place (val and test) and reported to Tune with
+the full checkpoint (Tune keeps the latest, which serves a retry, ``--resume``, a paused trial and PBT's
+clones); the epochs between milestones keep their latest checkpoint in ``train_runs/<trial id>/latest``,
+removed when the trial ends.
 
 FIFO, ASHA and HyperBand, several workers: one ``TorchTrainer.fit()`` per trial (one worker group, N
 workers, DDP) runs to the last milestone; at each milestone rank 0 probes the encoder in place (val and
@@ -13,8 +14,8 @@ report to Tune and files the probe results and encoder export in the trial direc
 trial, so ``--resume`` continues from its latest checkpoint. A trial the scheduler stops is stopped with
 its worker group.
 
-PBT, and halving with several workers: a trial must be cloneable (PBT) or pausable (halving pauses a
-trial at a rung until every arm reached it) at each milestone, so it pretrains up to each milestone as
+PBT and halving, several workers: a trial must be cloneable (PBT) or pausable (halving pauses a trial
+at a rung until every arm reached it) at each milestone, so it pretrains up to each milestone as
 its own ``TorchTrainer.fit()``, probes the run as a separate Ray task with its own resources and reports
 *with a Tune checkpoint*, which PBT copies when it exploits and a paused trial restarts from.
 
@@ -218,15 +219,15 @@ def one_run(space: Space, cfg: Config, cache: str, experiment: str, trial_dir: P
 
 
 def runs_in_process(space: Space) -> bool:
-    """One worker and a scheduler that never clones: the trial trains in its own process (no Ray Train)."""
-    return space.resources.workers == 1 and space.scheduler.type != "pbt"
+    """One worker: the trial trains in its own process (no Ray Train), under any scheduler."""
+    return space.resources.workers == 1
 
 
 def runs_in_segments(space: Space) -> bool:
     """Several workers under a scheduler that pauses or clones trials at milestones (PBT, halving): one
     Train run per milestone, probed by a Ray task (``resources.probe_cpus/gpus``), reported with a Tune
-    checkpoint. (Under PBT also one worker: PBT restores clones into other trials.)"""
-    return space.scheduler.type == "pbt" or (space.scheduler.type == "halving" and not runs_in_process(space))
+    checkpoint."""
+    return space.scheduler.type in ("pbt", "halving") and not runs_in_process(space)
 
 
 LATEST = "latest"  # train_runs/<trial id>/latest: an in-process trial's newest checkpoint between milestones
@@ -254,9 +255,10 @@ def _replace_dir(source: Path, target: Path) -> None:
 
 def in_process(space: Space, cfg: Config, cache: str, experiment: str, trial_dir: Path, trial_id: str,
                protocol: Protocol | None) -> None:
-    """One-worker FIFO / ASHA / HyperBand / halving: the trial's own process trains from the newest of its Tune
-    checkpoint (a retry, ``--resume``) and ``train_runs/<trial id>/latest`` to the last milestone. A
-    divergence ends the trial as an error that a retry does not repeat."""
+    """A one-worker trial: its own process trains from the newest of its Tune checkpoint (a retry,
+    ``--resume``) and ``train_runs/<trial id>/latest`` to the last milestone. Under PBT the Tune
+    checkpoint wins when there is one: after an exploit it is the donor's state, at the same epoch as the
+    trial's own ``latest``. A divergence ends the trial as an error that a retry does not repeat."""
     # Not in the trial directory: Tune copies that (a local staging folder) into the storage as it goes.
     own = own_dir(experiment, trial_id)
     if (own / NON_FINITE).is_file():  # Tune's retry of a diverged trial: fail again at once
@@ -264,12 +266,16 @@ def in_process(space: Space, cfg: Config, cache: str, experiment: str, trial_dir
     res, latest = space.resources, own / LATEST
     own.mkdir(parents=True, exist_ok=True)
     tune_checkpoint = ray.tune.get_checkpoint()
-    start = _newest(Path(tune_checkpoint.path) if tune_checkpoint else None, latest)
-    # A milestone whose report Tune never logged (the process died in ray.tune.report, or the sweep was
-    # interrupted before Tune registered its checkpoint): `latest` holds that milestone, so report it again
-    # rather than train it again.
-    awaiting = awaiting_rung(experiment, space, trial_id, int(run_info(start).get("epoch", 0)))
-    replay_reports(own, experiment, trial_dir, start, awaiting)
+    tuned = Path(tune_checkpoint.path) if tune_checkpoint else None
+    if space.scheduler.type == "pbt":  # a clone's reports are the donor's: nothing of its own to replay
+        start = tuned or _newest(latest)
+    else:
+        start = _newest(tuned, latest)
+        # A milestone whose report Tune never logged (the process died in ray.tune.report, or the sweep was
+        # interrupted before Tune registered its checkpoint): `latest` holds that milestone, so report it
+        # again rather than train it again.
+        awaiting = awaiting_rung(experiment, space, trial_id, int(run_info(start).get("epoch", 0)))
+        replay_reports(own, experiment, trial_dir, start, awaiting)
     loop = whole_run(space, cfg, cache, trial_dir, protocol)
 
     def report(metrics: dict[str, Any], folder: Path | None) -> None:

@@ -1,4 +1,4 @@
-"""The training loop of a trial: under Ray Train, per worker (DDP), for a whole trial or one PBT segment;
+"""The training loop of a trial: under Ray Train, per worker (DDP), for a whole trial or one segment (PBT, halving);
 or, for a one-worker trial, in the Tune trial's own process (``trainables.trial.in_process``).
 
 Ray Train V2 pattern (Ray docs ``train_tune_interop``, ``checkpoints``): every rank builds the run,
