@@ -267,7 +267,9 @@ def in_process(space: Space, cfg: Config, cache: str, experiment: str, trial_dir
     own.mkdir(parents=True, exist_ok=True)
     tune_checkpoint = ray.tune.get_checkpoint()
     tuned = Path(tune_checkpoint.path) if tune_checkpoint else None
-    if space.scheduler.type == "pbt":  # a clone's reports are the donor's: nothing of its own to replay
+    # Under PBT a restart is a clone of the donor's milestone (or a retry from the trial's own): replaying
+    # the trial's own reports would log a milestone twice, so it trains on from the checkpoint
+    if space.scheduler.type == "pbt":
         start = tuned or _newest(latest)
     else:
         start = _newest(tuned, latest)
