@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from mmsn.errors import ConfigError, DataError
-from search_spaces.loader import INACTIVE, SEED_KEY, Arm, Axis, Space, load_space
+from search_spaces.loader import INACTIVE, NO_EHR, SEED_KEY, Arm, Axis, Space, load_space
 from search_spaces.loader import encode_value as encode
 
 COMPLETED, STOPPED_EARLY, FAILED, UNFINISHED = "completed", "stopped_early", "failed", "unfinished"
@@ -298,19 +298,6 @@ def status_of(rec: TrialRecord, last: int, scheduler: str) -> tuple[str, str]:
     return UNFINISHED, f"unfinished ({rec.tune_status or 'no Tune state'}) at epoch {epoch} of {last}"
 
 
-def variant_of(params: dict[str, Any], base: dict[str, Any]) -> str:
-    """Without a loadable space: ``none`` or ``fusion:feature+feature`` from the params alone."""
-    fusion = params.get("ehr.fusion", base.get("ehr.fusion"))
-    if fusion is None or fusion == INACTIVE:
-        return "unknown"
-    if fusion == "none":
-        return "none"
-    return f"{fusion}:{params.get('ehr.features', base.get('ehr.features', '?'))}"
-
-
-VANILLA = "msn"  # the objectives-vs-MSN question measures every arm against MSN without EHR
-
-
 @dataclass(frozen=True)
 class ArmsOf:
     """A trial's EHR use, its arm and the two arms it is measured against (names of loader.Arm)."""
@@ -324,27 +311,25 @@ class ArmsOf:
     vanilla: str | None  # vanilla MSN in the same setting, when the sweep compares objectives
 
 
-def arms_of(params: dict[str, Any], recorded: str | None, info: ExperimentInfo) -> ArmsOf:
-    """From the space (search_spaces.loader), so analysis and sweep share one definition of an arm. An
-    unloadable space, or a trial it no longer accepts, falls back to the recorded variant within its
-    objective."""
-    space = info.space
-    if space is not None:
+def arms_of(params: dict[str, Any], recorded: str | None, info: ExperimentInfo,
+            stored: Any = None) -> ArmsOf:
+    """What the trial stored (``stored``: its ``arm.json``, written once when it started); for a trial of an
+    older sweep, the space's description of its params (search_spaces.loader.Space.describe); when the
+    space cannot be loaded, the recorded variant within its objective."""
+    if not isinstance(stored, dict) and info.space is not None:
         try:
-            cfg, arm = space.config({k: v for k, v in params.items() if v != INACTIVE}), space.arm(params)
-            objectives = space.objectives()
-            vanilla = space.counterpart(params, VANILLA).name if VANILLA in objectives and len(objectives) > 1 else None
-            features = "+".join(cfg.ehr.features) if cfg.ehr.fusion != "none" else None
-            return ArmsOf(arm.variant, cfg.ehr.fusion, features, arm.name, arm.context,
-                          space.counterpart(params).name, vanilla)
+            stored = info.space.describe(params)
         except ConfigError:
-            pass
-    variant = recorded or variant_of(params, info.base)
+            stored = None
+    if isinstance(stored, dict):
+        return ArmsOf(stored["variant"], stored["fusion"], stored["features"], stored["arm"], stored["context"],
+                      stored["ehr_free_arm"], stored["vanilla_arm"])
+    variant = recorded or "unknown"
     fusion, _, features = variant.partition(":")
     objective = params.get("objective.name")
     setting = (("objective.name", objective),) if objective not in (None, INACTIVE) else ()
     arm = Arm(variant, setting)
-    return ArmsOf(variant, fusion, features or None, arm.name, arm.context, Arm("none", setting).name, None)
+    return ArmsOf(variant, fusion, features or None, arm.name, arm.context, Arm(NO_EHR, setting).name, None)
 
 
 def _probe_value(probe: dict[str, Any] | None, split: str) -> float:
@@ -367,7 +352,8 @@ def _trial_row(rec: TrialRecord, info: ExperimentInfo, last: int) -> dict[str, A
     status, reason = status_of(rec, last, info.scheduler)
     epoch = rec.epoch
     result = rec.results.get(epoch) or {}
-    arms = arms_of(rec.params, result.get("variant"), info)
+    stored = _read_json(rec.dir / "arm.json") if rec.dir is not None else None
+    arms = arms_of(rec.params, result.get("variant"), info, stored)
     val = _probe_value(rec.probes.get(epoch), "val")
     seed = rec.params.get(SEED_KEY, info.base.get(SEED_KEY))
     return {

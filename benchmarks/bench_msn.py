@@ -74,7 +74,7 @@ class Built(NamedTuple):
 
 SPLIT = (0.7, 0.15, 0.15)
 QUICKSTART_HEAD = (512, 128, 256)  # head hidden, head out = prototype dim, K (mmsn/configs/quickstart.yaml)
-PAPER_HEAD = (2048, 256, 1024)  # MSN ViT-S/16 (RESEARCH.md section 1)
+PAPER_HEAD = (2048, 256, 1024)  # MSN ViT-S/16 (docs/method.md)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

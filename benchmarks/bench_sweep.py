@@ -81,21 +81,28 @@ def summarise(experiment: Path, last: int) -> dict:
 
 
 def epoch_time(space: Space, storage: Path, workers: int) -> float:
-    """Seconds per epoch of one pretraining segment (2 epochs, the second timed) with N workers."""
+    """Seconds per epoch of a trial's Ray Train run (2 epochs, the second timed, no milestone) with N workers:
+    the trial path's worker (trainables.worker.train_worker) as a sweep runs it."""
+    import dataclasses
+
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from mmsn.config import to_dict
-    from trainables.worker import train_segment
+    from mmsn.loop import Milestones, run_info
+    from trainables.trial import TrialJob
+    from trainables.worker import train_worker
 
     cfg = space.config({"ehr.fusion": "none", "train.seed": 0})
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=2))
+    own = storage / f"epoch-time-{workers}w-{time.time_ns()}"
+    job = TrialJob(cfg, str(ensure_cache(space, storage)), str(own), str(own / "tb"), Milestones(frozenset()),
+                   time.time())
     trainer = TorchTrainer(
-        train_segment,
-        train_loop_config={"cfg": to_dict(cfg), "cache": str(ensure_cache(space, storage)), "init": None,
-                           "until_epoch": 2, "tb_dir": None},
+        train_worker, train_loop_config={"job": job, "milestones": None},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
-        run_config=ray.train.RunConfig(name=f"epoch-time-{workers}w-{time.time_ns()}", storage_path=str(storage)))
-    return float(trainer.fit().metrics["epoch_seconds"])
+        run_config=ray.train.RunConfig(name=own.name, storage_path=str(storage)))
+    trainer.fit()
+    return float(run_info(own / "latest")["epoch_seconds"])
 
 
 def main() -> None:

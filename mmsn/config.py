@@ -13,21 +13,25 @@ import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import yaml
 
 from mmsn.errors import ConfigError, unknown_name
 
 
-def _require(ok: bool, key: str, message: str) -> None:
+def require(ok: bool, key: str, message: str) -> None:
+    """ConfigError ``key: message`` unless ``ok``: the range check of every config section."""
     if not ok:
         raise ConfigError(f"{key}: {message}")
 
 
+_require = require
+
+
 @dataclass(frozen=True)
 class ViewsConfig:
-    """Multi-crop views (RESEARCH.md section 1): 1 target + 1 anchor + ``n_focal`` focal views."""
+    """Multi-crop views (docs/method.md, Views): 1 target + 1 anchor + ``n_focal`` focal views."""
 
     size: int = 64  # target/anchor crop side in px (paper: 224)
     focal_size: int = 32  # focal crop side in px (paper: 96)
@@ -90,168 +94,16 @@ class EHRConfig:
     def __post_init__(self) -> None:
         _require(self.embed_dim >= 1, "ehr.embed_dim", "must be >= 1")
         _require(self.hidden >= 0, "ehr.hidden", "must be >= 0")
-        _require(self.fusion == "none" or len(self.features) > 0, "ehr.features",
-                 "must name at least one feature when fusion != none")
 
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    """Which pretraining objective runs (mmsn.objectives.OBJECTIVES); its own section holds its keys."""
+    """Which pretraining objective runs (mmsn.objectives.SPECS); its own section holds its keys."""
 
-    name: str = "msn"  # msn | vicreg | mlvicx | dino | mae | mrm_ehr | supcon_ehr | msn_supcon
+    name: str = "msn"  # msn | vicreg | mlvicx | dino | mae | mrm_ehr | supcon_ehr | msn_supcon | byol
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "objective.name", "must name an objective")
-
-
-@dataclass(frozen=True)
-class MSNConfig:
-    """MSN (RESEARCH.md section 1): lightly's MSNLoss arguments and the EMA of the target branch."""
-
-    temperature: float = 0.1  # anchor softmax temperature
-    target_temperature: float = 0.25  # sharpening temperature of target probabilities
-    sinkhorn_iterations: int = 3  # 0 disables Sinkhorn balancing
-    me_max_weight: float = 1.0  # weight of the mean-entropy-maximisation term
-    ema_start: float = 0.996  # EMA momentum of the target encoder at step 0
-    ema_end: float = 1.0  # EMA momentum at the last step (linear)
-
-    def __post_init__(self) -> None:
-        _require(self.temperature > 0, "msn.temperature", "must be > 0")
-        _require(self.target_temperature > 0, "msn.target_temperature", "must be > 0")
-        _require(self.sinkhorn_iterations >= 0, "msn.sinkhorn_iterations", "must be >= 0")
-        _require(0 <= self.me_max_weight <= 100, "msn.me_max_weight", "must be in [0, 100]")
-        _require(0 <= self.ema_start <= self.ema_end <= 1, "msn.ema_start", "need 0 <= ema_start <= ema_end <= 1")
-
-
-@dataclass(frozen=True)
-class VICRegConfig:
-    """VICReg (Bardes et al. 2022) on two views; the expander is model.head_hidden wide, 3 layers, and
-    outputs model.head_out (paper: 8192 / 8192)."""
-
-    sim_weight: float = 25.0  # invariance (MSE) weight (paper: 25)
-    var_weight: float = 25.0  # variance hinge weight (paper: 25)
-    cov_weight: float = 1.0  # covariance weight (paper: 1)
-    eps: float = 1e-4  # inside the sqrt of the variance
-
-    _section: ClassVar[str] = "vicreg"  # where error messages point (MLVICX reuses these checks)
-
-    def __post_init__(self) -> None:
-        prefix = self._section
-        for key in ("sim_weight", "var_weight", "cov_weight"):
-            _require(0 <= getattr(self, key) <= 1000, f"{prefix}.{key}", "must be in [0, 1000]")
-        _require(0 < self.eps < 1, f"{prefix}.eps", "must be in (0, 1)")
-
-
-@dataclass(frozen=True)
-class MLVICXConfig(VICRegConfig):
-    """MLVICX (azad6629/mlvicx): VIC(global) + multi_level_weight * VIC(multi-level). The levels are
-    ViT blocks given as fractions of the depth (the paper's ResNet stages); see mmsn/objectives/mlvicx.py."""
-
-    _section: ClassVar[str] = "mlvicx"
-
-    multi_level_weight: float = 1.0  # lambda of the multi-level term (paper code: 1)
-    levels: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # blocks at these fractions of the depth
-    level_dim: int = 0  # width of each level's projection before the sum; 0 = the backbone width
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _require(0 <= self.multi_level_weight <= 100, "mlvicx.multi_level_weight", "must be in [0, 100]")
-        _require(len(self.levels) > 0 and all(0 < f <= 1 for f in self.levels), "mlvicx.levels",
-                 "fractions of the depth in (0, 1], at least one")
-        _require(self.level_dim >= 0, "mlvicx.level_dim", "must be >= 0")
-
-
-@dataclass(frozen=True)
-class DINOConfig:
-    """DINO (Caron et al. 2021), the CXR-EHR-MSN baseline: teacher = EMA of the student, centring,
-    teacher-temperature warm-up, multi-crop with MSN's views (2 global to the teacher, all to the student).
-    The head is model.head_hidden wide, bottleneck model.head_out, and model.n_prototypes outputs."""
-
-    teacher_temp: float = 0.04  # teacher softmax temperature after warm-up (lightly: 0.04)
-    warmup_teacher_temp: float = 0.04  # teacher temperature at epoch 0 (DINO: 0.04)
-    warmup_teacher_temp_epochs: float = 0.0  # linear warm-up length (CXR-EHR-MSN: 5; DINO: 30)
-    student_temp: float = 0.1  # student softmax temperature
-    center_momentum: float = 0.9  # EMA of the teacher-output centre
-    ema_start: float = 0.996  # teacher EMA momentum at step 0
-    ema_end: float = 1.0  # at the last step (cosine, as DINO)
-    freeze_last_layer_epochs: float = 0.0  # epochs without gradient steps on the last head layer (DINO: 1)
-
-    def __post_init__(self) -> None:
-        for key in ("teacher_temp", "warmup_teacher_temp", "student_temp"):
-            _require(0 < getattr(self, key) <= 10, f"dino.{key}", "must be in (0, 10]")
-        _require(self.warmup_teacher_temp_epochs >= 0, "dino.warmup_teacher_temp_epochs", "must be >= 0")
-        _require(0 <= self.center_momentum < 1, "dino.center_momentum", "must be in [0, 1)")
-        _require(0 <= self.ema_start <= self.ema_end <= 1, "dino.ema_start", "need 0 <= ema_start <= ema_end <= 1")
-        _require(self.freeze_last_layer_epochs >= 0, "dino.freeze_last_layer_epochs", "must be >= 0")
-
-
-@dataclass(frozen=True)
-class MAEConfig:
-    """MAE (He et al. 2022) and the image half of MRM: mask ratio, the light decoder, the pixel target."""
-
-    mask_ratio: float = 0.75  # patch tokens hidden from the encoder (MAE and MRM: 0.75; CXR-EHR-MSN's MAE: 0.6)
-    decoder_dim: int = 128  # decoder width (MAE: 512)
-    decoder_depth: int = 2  # decoder blocks (MAE: 8)
-    decoder_heads: int = 4  # decoder attention heads (MAE: 16)
-    norm_pix_loss: bool = True  # MSE on per-patch standardised pixels (MAE, MRM)
-
-    def __post_init__(self) -> None:
-        _require(0 < self.mask_ratio <= 0.95, "mae.mask_ratio", f"{self.mask_ratio} not in (0, 0.95]")
-        _require(self.decoder_dim >= 8 and self.decoder_dim % self.decoder_heads == 0, "mae.decoder_dim",
-                 "must be >= 8 and a multiple of mae.decoder_heads")
-        _require(self.decoder_depth >= 1 and self.decoder_heads >= 1, "mae.decoder_depth", "must be >= 1")
-
-
-@dataclass(frozen=True)
-class MRMConfig:
-    """Masked record modelling on the EHR row (MRM with the EHR as the record): masked fields are predicted
-    from the pooled visible image tokens plus the visible fields; missing values are never targets."""
-
-    features: tuple[str, ...] = ("all",)  # the record's fields: EHR groups and/or columns
-    record_mask: float = 0.5  # fraction of the record's fields masked per image, in (0, 1] (MRM: 0.5)
-    record_weight: float = 1.0  # w in L = L_image + w * L_record (MRM: 1)
-    width: int = 64  # record decoder width
-    depth: int = 2  # record decoder blocks
-    heads: int = 4  # record decoder attention heads
-
-    def __post_init__(self) -> None:
-        _require(len(self.features) > 0, "mrm.features", "name at least one EHR field")
-        _require(0 < self.record_mask <= 1, "mrm.record_mask", f"{self.record_mask} not in (0, 1]")
-        _require(0 <= self.record_weight <= 100, "mrm.record_weight", "must be in [0, 100]")
-        _require(self.width >= 8 and self.width % self.heads == 0, "mrm.width",
-                 "must be >= 8 and a multiple of mrm.heads")
-        _require(self.depth >= 1 and self.heads >= 1, "mrm.depth", "must be >= 1")
-
-
-@dataclass(frozen=True)
-class SupConConfig:
-    """Clinically labelled supervised contrastive learning (OLIVES): EHR columns as pseudo-labels choose
-    the positives of SupCon (Khosla et al. 2020); several columns add up as a weighted sum of SupCon terms."""
-
-    labels: tuple[str, ...] = ("sex", "age")  # EHR columns (age binned, sex, view, stay flags) or "patient"
-    weights: tuple[float, ...] = ()  # one per label; empty = 1 each (OLIVES: an unweighted sum)
-    bins: int = 4  # bins of a continuous column (age)
-    binning: str = "quantile"  # quantile (train-split quantiles) | width (equal width)
-    temperature: float = 0.07  # SupCon temperature (Khosla et al., OLIVES: 0.07)
-
-    def __post_init__(self) -> None:
-        _require(len(self.labels) > 0, "supcon.labels", "name at least one pseudo-label column")
-        _require(not self.weights or len(self.weights) == len(self.labels), "supcon.weights",
-                 f"give one weight per label ({len(self.labels)}) or none")
-        _require(all(0 <= w <= 100 for w in self.weights), "supcon.weights", "must be in [0, 100]")
-        _require(self.bins >= 2, "supcon.bins", f"{self.bins}: a binning needs at least 2 bins")
-        _require(self.binning in ("quantile", "width"), "supcon.binning", "quantile | width")
-        _require(0 < self.temperature <= 10, "supcon.temperature", "must be in (0, 10]")
-
-
-@dataclass(frozen=True)
-class MSNSupConConfig:
-    """MSN + weight * SupCon on the anchor/target CLS features with EHR-defined positives."""
-
-    weight: float = 1.0  # lambda of the SupCon term
-
-    def __post_init__(self) -> None:
-        _require(0 <= self.weight <= 100, "msn_supcon.weight", "must be in [0, 100]")
 
 
 @dataclass(frozen=True)
@@ -307,7 +159,7 @@ PROBE_FEATURES = ("cls", "cls_mean", "last_cls")  # see ProbeConfig.features
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """Linear probe on frozen target-encoder features (RESEARCH.md section 4)."""
+    """Linear probe on frozen target-encoder features (docs/evaluation.md, The linear probe)."""
 
     label_fraction: float = 1.0  # fraction of train labels used, sampled by patient (0.01, 0.1, 1.0)
     l2_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)  # L2 strengths tried; best on val
@@ -330,63 +182,72 @@ class ProbeConfig:
         _require(self.batch_size >= 1, "probe.batch_size", "must be >= 1")
 
 
+# The core sections of every run, in the order a config file lists them; the objectives' own sections
+# (``msn``, ``dino``, ...) come after ``objective`` (see objective_sections).
+CORE = ("views", "model", "mask", "ehr", "objective", "optim", "train", "probe")
+
+
+def objective_sections() -> dict[str, type]:
+    """Section name -> dataclass of every objective's own config section, as the objectives declare them
+    (mmsn.objectives.SPECS). Imported here, not at the top: the objectives import this module."""
+    from mmsn.objectives import SPECS
+
+    return {spec.section: spec.config for spec in SPECS.values() if spec.section and spec.config}
+
+
+def _default_sections() -> dict[str, Any]:
+    return {name: cls() for name, cls in objective_sections().items()}
+
+
 @dataclass(frozen=True)
 class Config:
-    """A whole pretraining run."""
+    """A whole pretraining run: the core sections, and every objective's own section (a recipe for each;
+    only the running objective's are read), reached as attributes: ``cfg.msn.temperature``."""
 
     views: ViewsConfig = field(default_factory=ViewsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     ehr: EHRConfig = field(default_factory=EHRConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    msn: MSNConfig = field(default_factory=MSNConfig)
-    vicreg: VICRegConfig = field(default_factory=VICRegConfig)
-    mlvicx: MLVICXConfig = field(default_factory=MLVICXConfig)
-    dino: DINOConfig = field(default_factory=DINOConfig)
-    mae: MAEConfig = field(default_factory=MAEConfig)
-    mrm: MRMConfig = field(default_factory=MRMConfig)
-    supcon: SupConConfig = field(default_factory=SupConConfig)
-    msn_supcon: MSNSupConConfig = field(default_factory=MSNSupConConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    sections: Mapping[str, Any] = field(default_factory=_default_sections)  # objective sections by name
 
     def __post_init__(self) -> None:
-        if self.objective.name not in OBJECTIVE_SECTIONS:
-            raise ConfigError(unknown_name("objective.name", self.objective.name, OBJECTIVE_SECTIONS))
+        from mmsn.objectives import SPECS
+
+        if self.objective.name not in SPECS:
+            raise ConfigError(unknown_name("objective.name", self.objective.name, SPECS))
+        missing = set(objective_sections()) - set(self.sections)
+        if missing:  # built by hand with only some sections: the others take their defaults
+            object.__setattr__(self, "sections", {**_default_sections(), **self.sections})
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not fields: an objective's section. ``__dict__`` is read directly so
+        # that unpickling (which looks up attributes before the fields exist) gets a plain AttributeError.
+        sections = self.__dict__.get("sections")
+        if sections is not None and name in sections:
+            return sections[name]
+        raise AttributeError(f"{type(self).__name__} has no section {name!r}")
 
 
-# objective name -> the config sections it reads. mmsn.objectives.OBJECTIVES has the same names. A config file
-# may carry several objectives' sections (a recipe for each); a key *set* for a run - an override, a space
-# axis, a file that also names its objective - in a section its objective does not read is an error
-# (check_objective_keys), since it would silently do nothing.
-OBJECTIVE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "msn": ("msn",),
-    "vicreg": ("vicreg",),
-    "mlvicx": ("mlvicx",),
-    "dino": ("dino",),
-    "mae": ("mae",),
-    "mrm_ehr": ("mae", "mrm"),
-    "supcon_ehr": ("supcon",),
-    "msn_supcon": ("msn", "supcon", "msn_supcon"),
-}
+def objective_spec(name: str) -> Any:
+    """The ObjectiveSpec of objective ``name`` (ConfigError listing the known ones)."""
+    from mmsn.objectives import SPECS
 
-# objectives that read EHR targets (record fields, pseudo-labels) from the cache, independently of ehr.fusion
-EHR_TARGET_OBJECTIVES = ("mrm_ehr", "supcon_ehr", "msn_supcon")
-
-# What a run of each EHR-target objective becomes without any EHR (besides ehr.fusion none): its EHR-free
-# relative, against which the analysis measures what the EHR adds. mrm_ehr is MAE plus the record target;
-# msn_supcon is MSN plus SupCon; supcon_ehr with each image its own class is SimCLR's positive rule.
-EHR_FREE: dict[str, dict[str, Any]] = {
-    "mrm_ehr": {"objective.name": "mae"},
-    "supcon_ehr": {"supcon.labels": ["image"]},
-    "msn_supcon": {"objective.name": "msn"},
-}
+    if name not in SPECS:
+        raise ConfigError(unknown_name("objective.name", name, SPECS))
+    return SPECS[name]
 
 
 def ehr_free_overrides(objective: str) -> dict[str, Any]:
-    """Dotted overrides that turn a run of ``objective`` into the same run without EHR input or target."""
-    return {"ehr.fusion": "none", **EHR_FREE.get(objective, {})}
+    """Dotted overrides that turn a run of ``objective`` into the same run without EHR input or target:
+    no fusion, and the objective's own EHR-free counterpart (its spec's ``ehr_free``)."""
+    from mmsn.models.fusion import NO_FUSION
+
+    return {"ehr.fusion": NO_FUSION, **objective_spec(objective).ehr_free}
+
 
 # Keys written before objectives were a config axis (loss.*, optim.ema_*) -> their place in MSN's section.
 # Old YAML files, --set overrides, spaces and run directories keep loading; the old key wins when both appear.
@@ -401,12 +262,17 @@ LEGACY_KEYS: dict[str, str] = {
 
 
 def check_objective_keys(keys: Iterable[str], *objectives: str) -> None:
-    """ConfigError for the first dotted key in a section that none of ``objectives`` reads."""
-    own = {s for name in objectives for s in OBJECTIVE_SECTIONS.get(name, ())}
+    """ConfigError for the first dotted key in a section that none of ``objectives`` reads. A config file may
+    carry several objectives' sections (a recipe for each); a key *set* for a run - an override, a space
+    axis, a file that also names its objective - in a section its objective does not read would silently
+    do nothing."""
+    from mmsn.objectives import SPECS
+
+    own = {s for name in objectives if name in SPECS for s in SPECS[name].sections}
     objective = " / ".join(objectives)
     owners: dict[str, list[str]] = {}
-    for name, sections in OBJECTIVE_SECTIONS.items():
-        for section in sections:
+    for name, spec in SPECS.items():
+        for section in spec.sections:
             owners.setdefault(section, []).append(name)
     for key in keys:
         section = canonical_key(key).split(".")[0]
@@ -485,32 +351,46 @@ def coerce(value: Any, kind: Any, key: str) -> Any:
     return _coerce(value, kind, key)
 
 
+def _fields(cls: type) -> dict[str, Any]:
+    """Name -> type of a config class's keys; for Config the core sections and every objective's own."""
+    if cls is Config:
+        hints = typing.get_type_hints(Config)
+        core = {name: hints[name] for name in CORE}
+        return {**{k: core[k] for k in CORE[:5]}, **objective_sections(), **{k: core[k] for k in CORE[5:]}}
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
 def from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a nested mapping; unknown keys are errors listing the valid ones."""
     _require(isinstance(data, Mapping), prefix.rstrip(".") or "config", f"expected a mapping, got {data!r}")
     if cls is Config:
         data = _migrate_legacy(data)
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = _fields(cls)
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         dotted = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(f"unknown key {dotted!r}; valid keys here: {', '.join(prefix + n for n in names)}")
-        kind = hints[key]
+        if key not in fields:
+            raise ConfigError(f"unknown key {dotted!r}; valid keys here: {', '.join(prefix + n for n in fields)}")
+        kind = fields[key]
         if dataclasses.is_dataclass(kind):
             kwargs[key] = from_dict(kind, value or {}, f"{dotted}.")  # type: ignore[arg-type]
         else:
             kwargs[key] = _coerce(value, kind, dotted)
+    if cls is Config:
+        kwargs["sections"] = {k: kwargs.pop(k) for k in list(kwargs) if k not in CORE}
     return cls(**kwargs)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
     """Plain nested dict (tuples as lists) that ``from_dict`` reads back to an equal config."""
     def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return to_dict(v)
         return [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
-    return {f.name: to_dict(getattr(config, f.name)) if dataclasses.is_dataclass(getattr(config, f.name))
-            else plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, Config):
+        return {name: plain(getattr(config, name)) for name in _fields(Config)}
+    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -565,8 +445,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 def flat_fields(cls: type = Config, prefix: str = "") -> dict[str, Any]:
     """Every dotted key of a config class with its type: what search spaces are checked against."""
     out: dict[str, Any] = {}
-    hints = typing.get_type_hints(cls)
-    for name, kind in ((f.name, hints[f.name]) for f in dataclasses.fields(cls)):
+    for name, kind in _fields(cls).items():
         if dataclasses.is_dataclass(kind):
             out.update(flat_fields(kind, f"{prefix}{name}."))  # type: ignore[arg-type]
         else:
@@ -575,34 +454,27 @@ def flat_fields(cls: type = Config, prefix: str = "") -> dict[str, Any]:
 
 
 __all__ = [
+    "CORE",
     "LEGACY_KEYS",
-    "OBJECTIVE_SECTIONS",
     "Config",
-    "DINOConfig",
-    "EHR_FREE",
-    "EHR_TARGET_OBJECTIVES",
-    "MAEConfig",
-    "MRMConfig",
-    "MSNSupConConfig",
-    "SupConConfig",
     "EHRConfig",
-    "MLVICXConfig",
-    "MSNConfig",
     "MaskConfig",
     "ModelConfig",
     "ObjectiveConfig",
     "OptimConfig",
     "ProbeConfig",
     "TrainConfig",
-    "VICRegConfig",
     "ViewsConfig",
     "canonical_key",
     "check_objective_keys",
-    "ehr_free_overrides",
     "coerce",
+    "ehr_free_overrides",
     "flat_fields",
     "flat_keys",
     "from_dict",
     "load_config",
+    "objective_sections",
+    "objective_spec",
+    "require",
     "to_dict",
 ]

@@ -22,13 +22,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from mmsn.config import Config, to_dict
+from mmsn.config import Config, objective_spec, to_dict
 from mmsn.data.cache import Cache
-from mmsn.data.dataset import CacheImages, fit_ehr_encoder, fit_ehr_targets, split_dataset
+from mmsn.data.dataset import CacheImages, EHRTargets, fit_ehr_encoder, split_dataset
 from mmsn.data.ehr import EHREncoder
 from mmsn.errors import MMSNError
 from mmsn.objectives import Batch, DataShape, Objective, build_objective
-from mmsn.preflight import check_config
 from mmsn.schedules import cosine, learning_rate
 
 Log = Callable[[str], None]
@@ -104,10 +103,10 @@ def build_run(cfg: Config, cache: Cache, device: torch.device | None = None, ran
     ``wrap`` (e.g. Ray Train's ``prepare_model``) turns the objective into its DDP wrapper.
     """
     device = device or resolve_device(cfg)
-    check_config(cfg, cache.ehr_columns)
     torch.manual_seed(cfg.train.seed)  # same init on every worker, before DDP broadcasts anyway
     encoder = fit_ehr_encoder(cache, cfg.ehr.features, cfg.ehr.fusion)
-    targets = fit_ehr_targets(cfg, cache)
+    spec = objective_spec(cfg.objective.name)
+    targets = spec.ehr_targets(cfg, cache) if spec.ehr_targets is not None else EHRTargets()
     train_set = split_dataset(cache, "train", encoder, targets)
     objective = build_objective(cfg, DataShape(encoder.width, targets.record_classes)).to(device)
     if cfg.train.compile:

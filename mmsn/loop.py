@@ -1,30 +1,63 @@
-"""The one epoch loop behind both drivers: ``mmsn pretrain`` (one process) and the Ray Train worker.
+"""The one epoch loop behind every way a run is trained: ``mmsn pretrain`` (one process), a one-worker
+trial (in the Tune trial's process) and every rank of a several-worker trial (Ray Train, DDP).
 
-The drivers differ only in where a finished epoch goes (``save``: a run directory, or a Ray Train
-report with a checkpoint) and whether the loop probes (``probe``); checkpoint cadence, probe
-milestones and the TensorBoard tags (``train/*`` every ``train.log_every`` steps, ``epoch/*`` per
-epoch, ``probe/*`` at milestones) live here, once.
+The loop owns the sequence; a :class:`Reporter` only says where things go. After each epoch: TensorBoard
+(``train/*`` every ``train.log_every`` steps, ``epoch/*`` per epoch, rank 0 only), then at a milestone
+the probe on rank 0 (val, and test and the evaluation protocol when asked), the full state written with
+the probe files inside it (``state_dir``), and the reporter told (``milestone``); between milestones the
+state is written when a checkpoint is due. The compute split (:class:`Clock`: epoch compute, probes,
+the rest) is counted here once, carried through checkpoints.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
+import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
+from mmsn.checkpoint import RUN_INFO, save_run
 from mmsn.config import TrainConfig
 from mmsn.data.cache import Cache
-from mmsn.engine import Log, Run, train_epoch
-from mmsn.evaluate import probe_encoder
+from mmsn.engine import Log, Run, state_dict, train_epoch
+from mmsn.evaluate import split_features, train_patients
+from mmsn.probe import run_probe_splits
+from mmsn.protocol import Protocol as EvalProtocol
+from mmsn.protocol import run_protocol
 
-Save = Callable[[Run, dict[str, Any], bool], None]  # (run, epoch metrics, write a full checkpoint?)
-Probe = Callable[[Run], dict[str, Any]]  # run -> a probe result as JSON (ProbeResult.to_json_dict)
+
+class Reporter(Protocol):
+    """Where a run's epochs go (rank 0; the other ranks have none)."""
+
+    def state_dir(self, epoch: int) -> Path:
+        """The directory the epoch's full state is written to (a run directory, mmsn.checkpoint)."""
+
+    def saved(self, run: Run, state: Path | None, metrics: dict[str, Any], probes: dict[str, Any] | None) -> None:
+        """After every epoch: ``state`` holds its full state (None: no checkpoint was due), with the probe files
+        in ``state/probes`` at a milestone, where ``probes`` is the probe's JSON result (None otherwise)."""
 
 
-def probe_due(train: TrainConfig, epoch: int) -> bool:
-    """Probe after the last epoch and every ``train.probe_every`` epochs."""
-    return epoch == train.epochs or (train.probe_every > 0 and epoch % train.probe_every == 0)
+@dataclass(frozen=True)
+class Milestones:
+    """When the loop probes, and what: the epochs (``epochs``), the splits scored besides val (``test``),
+    and the evaluation protocol at ``protocol_epochs``."""
+
+    epochs: frozenset[int]
+    test: bool = True
+    protocol: EvalProtocol | None = None
+    protocol_epochs: frozenset[int] = frozenset()
+
+    @classmethod
+    def every(cls, train: TrainConfig) -> Milestones:
+        """``mmsn pretrain``'s: every ``train.probe_every`` epochs and the last, val only."""
+        every = train.probe_every
+        epochs = {e for e in range(1, train.epochs + 1) if e == train.epochs or (every > 0 and e % every == 0)}
+        return cls(frozenset(epochs), test=False)
 
 
 def checkpoint_due(train: TrainConfig, epoch: int, until: int) -> bool:
@@ -49,36 +82,138 @@ def log_probe(writer: SummaryWriter | None, result: dict[str, Any], epoch: int) 
             writer.add_scalar(f"probe_label/{name}", entry["auroc"], epoch)
 
 
-def probe_val(run: Run, cache: Cache, log: Log | None = None) -> dict[str, Any]:
-    """Probe the objective's image-only encoder on val (eval mode; the loop sets train mode again)."""
-    encoder = run.objective.eval_encoder()
+class Clock:
+    """The run's compute split, carried through checkpoints: epoch compute, probes and the wall time
+    (worker start, state loading and writing are what is left). ``start``: when this invocation began; a
+    state written by the same invocation (a retried worker group) carries what came before it, one of an
+    earlier invocation (``--resume``, a restarted trial) its total."""
+
+    def __init__(self, start: float, info: dict[str, Any]) -> None:
+        self.start, self.mark = start, time.time()
+        same = info.get("trial_start") == start
+        self.before = float(info.get("seconds_before" if same else "trial_seconds", 0.0))
+        self.train = float(info.get("train_seconds", 0.0))
+        self.probe = float(info.get("probe_seconds", 0.0))
+
+    def epoch_done(self) -> None:
+        now = time.time()
+        self.train, self.mark = self.train + now - self.mark, now
+
+    def probe_done(self) -> None:
+        now = time.time()
+        self.probe, self.mark = self.probe + now - self.mark, now
+
+    def other_done(self) -> None:
+        """State writing and reporting: neither epoch compute nor probe, so not counted as either."""
+        self.mark = time.time()
+
+    def metrics(self) -> dict[str, float]:
+        return {"train_seconds": self.train, "probe_seconds": self.probe,
+                "trial_seconds": self.before + time.time() - self.start}
+
+    def state(self) -> dict[str, float]:
+        return {**self.metrics(), "trial_start": self.start, "seconds_before": self.before}
+
+
+def run_info(state: Path | None) -> dict[str, Any]:
+    """A state directory's ``run.json`` (epoch, metrics, compute split), {} when there is none."""
+    try:
+        return json.loads((state / RUN_INFO).read_text()) if state is not None else {}  # type: ignore[no-any-return]
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def probe_splits(run: Run, cache: Cache, test: bool = True, protocol: EvalProtocol | None = None) -> dict[str, Any]:
+    """Val (and test) probe of the objective's image-only encoder (one fit), JSON-able, plus the test
+    scores and targets in cache row order (no ids) for the paired analysis; with ``protocol``, also the
+    evaluation protocol's results (``"protocol"``: (summary, scores), mmsn.protocol.run_protocol)."""
     run.objective.eval()
-    result = probe_encoder(encoder, cache, run.cfg.probe, run.cfg.views.size, run.device)["val"]
-    if log is not None:
-        log(f"probe after epoch {run.epoch}: val macro AUROC {result.macro_auroc:.4f} "
-            f"[{result.macro_ci[0]:.4f}, {result.macro_ci[1]:.4f}] ({result.seconds:.1f} s)")
-    return result.to_json_dict()
+    encoder, cfg = run.objective.eval_encoder(), run.cfg
+    splits = ("train", "val", "test") if test else ("train", "val")
+    features = split_features(encoder, cache, cfg.probe, cfg.views.size, run.device, splits)
+    results = run_probe_splits(*features, cache.labels, cfg.probe, splits[1:], train_patients(cache))
+    out: dict[str, Any] = {split: result.to_json_dict() for split, result in results.items()}
+    if test:
+        out["test_scores"], out["test_targets"] = results["test"].scores, results["test"].targets
+    if protocol is not None:  # the primary cache's features are the ones just extracted
+        out["protocol"] = run_protocol(encoder, protocol, cfg.probe, cfg.views.size, run.device,
+                                       {protocol.targets[0][0]: features})
+    run.objective.train()
+    return out
 
 
-def train_until(run: Run, until: int, writer: SummaryWriter | None, save: Save, probe: Probe | None = None,
-                log: Log | None = None) -> dict[str, Any]:
-    """Train epochs ``run.epoch + 1 .. until``; after each: TensorBoard, the probe when due, ``save``.
-    Returns the last epoch's metrics (with ``probe`` when one ran)."""
-    train = run.cfg.train
-    metrics: dict[str, Any] = {}
+def write_probes(out: Path, epoch: int, probes: dict[str, Any]) -> None:
+    """Val and test probe summaries as JSON, the per-image test scores as npz (what the analysis reads);
+    the evaluation protocol's (``probes["protocol"]``) as ``epoch_XXX_eval.json`` and one
+    ``epoch_XXX_eval_<dataset>_f<fraction>_d<draw>_test.npz`` per probe."""
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = {k: probes[k] for k in ("test_scores", "test_targets") if k in probes}
+    if arrays:
+        np.savez_compressed(out / f"epoch_{epoch:03d}_test.npz", scores=arrays["test_scores"],
+                            targets=arrays["test_targets"])
+    if probes.get("protocol") is not None:
+        summary, scores = probes["protocol"]
+        for name, (test_scores, targets) in scores.items():
+            np.savez_compressed(out / f"epoch_{epoch:03d}_eval_{name}_test.npz", scores=test_scores, targets=targets)
+        (out / f"epoch_{epoch:03d}_eval.json").write_text(json.dumps({"epoch": epoch, **summary}, indent=1))
+    summary = {k: v for k, v in probes.items() if k not in arrays and k != "protocol"}
+    (out / f"epoch_{epoch:03d}.json").write_text(json.dumps({"epoch": epoch, **summary}, indent=1))
+
+
+def train(run: Run, until: int, cache: Cache, milestones: Milestones, reporter: Reporter | None,
+          writer: SummaryWriter | None = None, clock: Clock | None = None, log: Log | None = None,
+          on_epoch: Callable[[Run, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train epochs ``run.epoch + 1 .. until`` (see the module docstring); ``reporter`` on rank 0 only;
+    ``on_epoch`` on every rank once the epoch is saved. Returns the last epoch's metrics (with ``val_auroc``
+    when it was a milestone)."""
+    train_cfg, metrics = run.cfg.train, {}
+    clock = clock or Clock(time.time(), {})
+    info = {"cache": str(cache.root), "dataset": cache.meta["dataset"], "world_size": run.world_size}
 
     def on_step(scalars: dict[str, float]) -> None:
-        if run.step % train.log_every == 0:
+        if run.step % train_cfg.log_every == 0:
             log_scalars(writer, "train", scalars, run.step)
 
     while run.epoch < until:
         metrics = dict(train_epoch(run, log, on_step))
+        clock.epoch_done()
         log_scalars(writer, "epoch", metrics, run.epoch)
-        if probe is not None and probe_due(train, run.epoch):
-            metrics["probe"] = probe(run)
-            log_probe(writer, metrics["probe"], run.epoch)
-        save(run, metrics, checkpoint_due(train, run.epoch, until))
+        milestone = run.epoch in milestones.epochs
+        probes = None
+        if milestone and reporter is not None:
+            protocol = milestones.protocol if run.epoch in milestones.protocol_epochs else None
+            probes = probe_splits(run, cache, milestones.test, protocol)
+            log_probe(writer, probes["val"], run.epoch)
+            metrics["val_auroc"] = probes["val"]["macro_auroc"]
+            if log is not None:
+                log(milestone_line(run.epoch, probes["val"]))
+            clock.probe_done()
+        metrics.update(epoch=run.epoch, step=run.step, **clock.metrics())
+        _save(run, reporter, metrics, {**info, **clock.state()}, probes,
+              milestone or checkpoint_due(train_cfg, run.epoch, until))
+        clock.other_done()
+        if on_epoch is not None:
+            on_epoch(run, metrics)
     return metrics
 
 
-__all__ = ["checkpoint_due", "log_probe", "log_scalars", "probe_due", "probe_val", "train_until"]
+def _save(run: Run, reporter: Reporter | None, metrics: dict[str, Any], info: dict[str, Any],
+          probes: dict[str, Any] | None, due: bool) -> None:
+    """Rank 0: the epoch's state where the reporter says (the milestone's probe files inside), then tell it."""
+    if reporter is None:
+        return
+    folder = reporter.state_dir(run.epoch) if due else None
+    if folder is not None:
+        save_run(folder, state_dict(run), run.objective.image_encoder_state_dict(), {**info, **metrics})
+        if probes is not None:
+            write_probes(folder / "probes", run.epoch, probes)
+    reporter.saved(run, folder, metrics, probes)
+
+
+def milestone_line(epoch: int, val: dict[str, Any]) -> str:
+    low, high, auroc = (float("nan") if v is None else v for v in (*val["macro_ci"], val["macro_auroc"]))
+    return f"probe after epoch {epoch}: val macro AUROC {auroc:.4f} [{low:.4f}, {high:.4f}] ({val['seconds']:.1f} s)"
+
+
+__all__ = ["Clock", "Milestones", "Reporter", "checkpoint_due", "log_probe", "log_scalars", "milestone_line",
+           "probe_splits", "run_info", "train", "write_probes"]

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mmsn.config import Config
+from mmsn.config import Config, objective_spec
 from mmsn.data.ehr import resolve_features
 from mmsn.data.source import EHRColumn
-from mmsn.errors import ConfigError, unknown_name
+from mmsn.errors import ConfigError
 from mmsn.models.backbone import check_backbone
-from mmsn.models.fusion import FUSIONS
-
-PSEUDO_LABEL_SPECIAL = ("patient", "image")  # pseudo-labels that are not EHR columns (OLIVES; SimCLR)
+from mmsn.models.fusion import takes_ehr
 
 
-def _features(key: str, requested: Sequence[str], columns: Sequence[EHRColumn]) -> None:
+def check_features(key: str, requested: Sequence[str], columns: Sequence[EHRColumn]) -> None:
+    """ConfigError naming ``key`` when ``requested`` (EHR groups and/or columns) names what ``columns`` lacks."""
     try:
         resolve_features(requested, tuple(columns))
     except ConfigError as err:
@@ -28,26 +27,19 @@ def _features(key: str, requested: Sequence[str], columns: Sequence[EHRColumn]) 
 
 
 def check_config(cfg: Config, columns: Sequence[EHRColumn]) -> None:
-    """ConfigError naming the key for an unknown backbone, fusion or EHR name (``columns``: the dataset's)."""
+    """ConfigError naming the key for an unknown backbone, fusion, objective or EHR name (``columns``: the
+    dataset's); the objective checks its own EHR names (its spec's ``check``)."""
     try:
         check_backbone(cfg.model.backbone)
     except ConfigError as err:
         raise ConfigError(f"model.backbone: {err}") from None
-    if cfg.ehr.fusion not in FUSIONS:
-        raise ConfigError(unknown_name("ehr.fusion", cfg.ehr.fusion, FUSIONS))
-    if cfg.ehr.fusion != "none":
-        _features("ehr.features", cfg.ehr.features, columns)
-    name = cfg.objective.name
-    if name == "mrm_ehr":
-        if not columns:
-            raise ConfigError("objective.name: mrm_ehr needs EHR columns, and this dataset's caches have none")
-        _features("mrm.features", cfg.mrm.features, columns)
-    if name in ("supcon_ehr", "msn_supcon"):
-        known = [c.name for c in columns]
-        for label in cfg.supcon.labels:
-            if label not in known and label not in PSEUDO_LABEL_SPECIAL:
-                raise ConfigError(f"supcon.labels: unknown pseudo-label {label!r}; valid: "
-                                  f"{', '.join([*known, *PSEUDO_LABEL_SPECIAL])}")
+    if takes_ehr(cfg.ehr.fusion):
+        if not cfg.ehr.features:
+            raise ConfigError(f"ehr.features: fusion {cfg.ehr.fusion!r} needs at least one EHR feature")
+        check_features("ehr.features", cfg.ehr.features, columns)
+    spec = objective_spec(cfg.objective.name)
+    if spec.check is not None:
+        spec.check(cfg, columns)
 
 
-__all__ = ["PSEUDO_LABEL_SPECIAL", "check_config"]
+__all__ = ["check_config", "check_features"]

@@ -1,4 +1,4 @@
-"""Linear probe on frozen features: the score every sweep trial is ranked by (RESEARCH.md section 4).
+"""Linear probe on frozen features: the score every sweep trial is ranked by (docs/evaluation.md).
 
 Features are extracted once per checkpoint; a multi-label logistic regression over all labels is
 then fitted in one full-batch L-BFGS problem (a second or so on CPU), its L2 strength chosen by

@@ -1,7 +1,7 @@
 """Schedules as pure functions of the global step, so resuming is indexing, not replaying.
 
 Follows dino ``utils.cosine_scheduler`` / nanoGPT ``get_lr``; values of the original MSN in
-RESEARCH.md section 1 (lr warm-up then cosine, weight-decay cosine, EMA momentum linear).
+docs/method.md, Optimisation (lr warm-up then cosine, weight-decay cosine, EMA momentum linear).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The loader only ships uint8 images; random resized crops are boxes sampled per image and cut out
 with ``torchvision.ops.roi_align`` in one batched call per view kind, so augmentation costs a few
-kernels on the GPU instead of per-image Python in DataLoader workers (RESEARCH.md section 1:
+kernels on the GPU instead of per-image Python in DataLoader workers (docs/method.md, Views:
 1 target + 1 anchor crop at ``size``, scale 0.3-1, and F focal crops at ``focal_size``, scale 0.05-0.3).
 """
 

@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # One entry point for newcomers and CI:  bash scripts/run.sh {setup|quickstart|test} [args...]
-# setup       create .venv (if missing) and install mmsn with the tested versions (constraints.txt)
+# setup       create .venv (if missing) and install mmsn with the tested versions (constraints.txt):
+#             the runtime dependencies only
 # quickstart  setup, then run the main job (the quickstart sweep) on the embedded synthetic default
-# test        setup, then run the test suite (extra args go to pytest)
+# test        setup plus the dev extra (test references, pytest, ruff, mypy), then ruff, mypy and the
+#             test suite (extra args go to pytest)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 setup() {
+    local extra=${1:-}  # "" (runtime) or "dev"
     local python=${PYTHON:-python3}
     [ -x .venv/bin/python ] || "$python" -m venv .venv
     # shellcheck disable=SC1091
     . .venv/bin/activate
-    local want stamp=.venv/.mmsn-setup-stamp
+    local want stamp=.venv/.mmsn-setup-stamp${extra:+-$extra}
     want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-        echo "== installing mmsn and its dependencies into .venv (first run: a few minutes)"
+        echo "== installing mmsn${extra:+ with its $extra extra} into .venv (first run: a few minutes)"
         python -m pip install --quiet --upgrade pip
-        python -m pip install --quiet -c constraints.txt -e ".[dev]"
+        python -m pip install --quiet -c constraints.txt -e ".${extra:+[$extra]}"
         echo "$want" > "$stamp"
     fi
 }
@@ -32,7 +35,9 @@ case "$cmd" in
             --name "quickstart-$(date +%Y%m%d-%H%M%S)" "$@"
         ;;
     test)
-        setup
+        setup dev
+        echo "== ruff"; ruff check .
+        echo "== mypy"; mypy
         python -m pytest -q "$@"
         ;;
     *) echo "usage: bash scripts/run.sh {setup|quickstart|test} [args...]" >&2; exit 2 ;;

@@ -18,7 +18,6 @@ from typing import Any
 import yaml
 
 from mmsn.config import (
-    OBJECTIVE_SECTIONS,
     Config,
     canonical_key,
     check_objective_keys,
@@ -27,11 +26,13 @@ from mmsn.config import (
     flat_fields,
     from_dict,
     load_config,
+    objective_spec,
     set_dotted,
     to_dict,
 )
 from mmsn.data.registry import DATASETS, dataset_columns
 from mmsn.errors import ConfigError, unknown_name
+from mmsn.objectives import NO_EHR
 from mmsn.preflight import check_config
 
 HERE = Path(__file__).resolve().parent
@@ -47,6 +48,7 @@ SEED_KEY = "train.seed"
 # The keys variant_name describes (a trial's EHR use): they make an arm's variant, not its setting.
 VARIANT_KEYS = ("ehr.fusion", "ehr.features", "mrm.features", "supcon.labels")
 ALWAYS_ARM_KEYS = ("objective.name",)  # compared, never pooled, whatever the search algorithm
+VANILLA = "msn"  # a sweep that compares objectives measures every arm against MSN without EHR too
 TOP_KEYS = {"name", "description", "base", "data", "axes", "seeds", "search", "scheduler", "metric", "evaluate",
             "resources", "budget", "smoke"}
 
@@ -140,14 +142,11 @@ class Resources:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0  # fractional: several small trials share one GPU
     max_concurrent_trials: int = 1
-    probe_cpus: float = 1.0
-    probe_gpus: float = 0.0
 
     def __post_init__(self) -> None:
         _need(self.workers >= 1, "resources.workers", f"{self.workers}: need at least 1 Ray Train worker")
-        _need(self.cpus_per_worker > 0 and self.probe_cpus > 0, "resources.cpus_per_worker",
-              "cpus_per_worker and probe_cpus must be > 0")
-        _need(self.gpus_per_worker >= 0 and self.probe_gpus >= 0, "resources.gpus_per_worker", "GPUs must be >= 0")
+        _need(self.cpus_per_worker > 0, "resources.cpus_per_worker", "must be > 0")
+        _need(self.gpus_per_worker >= 0, "resources.gpus_per_worker", "GPUs must be >= 0")
         _need(self.max_concurrent_trials >= 1, "resources.max_concurrent_trials", "must be >= 1")
 
 
@@ -225,7 +224,8 @@ class Space:
     def arm(self, params: Mapping[str, Any]) -> Arm:
         """The arm of a trial with these params (as Tune carries them: encoded, ``-`` when inactive)."""
         active = {k: v for k, v in params.items() if v != INACTIVE}
-        return Arm(variant_name(self.config(active)), tuple((k, active[k]) for k in self.arm_keys() if k in active))
+        setting = tuple((k, active[k]) for k in self.arm_keys() if k in active)
+        return Arm(variant_name(self.config(active, checked=False)), setting)
 
     def counterpart(self, params: Mapping[str, Any], objective: str | None = None) -> Arm:
         """The arm of the same setting with no EHR input or target (mmsn.config.ehr_free_overrides), run
@@ -238,11 +238,28 @@ class Space:
         moved.update({k: encode_value(v) for k, v in ehr_free_overrides(name).items()})
         return self.arm(self._prune(moved))
 
+    def describe(self, params: Mapping[str, Any], cfg: Config | None = None) -> dict[str, Any]:
+        """What a trial is, as the analysis ranks it (stored with the trial, ``arm.json``): its EHR use
+        (``variant``, ``fusion``, ``features``), its ``arm`` and ``context``, its objective, and the arms it is
+        measured against: ``ehr_free_arm`` (the same setting without EHR) and ``vanilla_arm`` (vanilla MSN
+        in the same setting, when the space compares objectives with MSN among them)."""
+        from mmsn.models.fusion import takes_ehr
+
+        cfg = cfg or self.config({k: v for k, v in params.items() if v != INACTIVE}, checked=False)
+        arm, objectives = self.arm(params), self.objectives()
+        vanilla = self.counterpart(params, VANILLA).name if VANILLA in objectives and len(objectives) > 1 else None
+        return {"variant": arm.variant, "arm": arm.name, "context": arm.context, "objective": cfg.objective.name,
+                "fusion": cfg.ehr.fusion,
+                "features": "+".join(cfg.ehr.features) if takes_ehr(cfg.ehr.fusion) else None,
+                "ehr_free_arm": self.counterpart(params).name, "vanilla_arm": vanilla}
+
     def _prune(self, params: dict[str, Any]) -> dict[str, Any]:
         """Drop what no longer applies after a change of objective or fusion: keys of sections the
         objective does not read and conditional axes whose condition fails."""
+        from mmsn.config import objective_sections
+
         name = str(params.get("objective.name", self.base.objective.name))
-        foreign = {s for sections in OBJECTIVE_SECTIONS.values() for s in sections} - set(OBJECTIVE_SECTIONS[name])
+        foreign = set(objective_sections()) - set(objective_spec(name).sections)
         out = {k: v for k, v in params.items() if k.split(".")[0] not in foreign}
         for axis in self.axes:
             if axis.key in out and not axis.active(out):
@@ -253,12 +270,15 @@ class Space:
         """How many trials a grid sweep creates (grid points x seeds x repeats); None for other searches."""
         return len(grid_points(self)) * self.search.num_samples if self.search.algorithm == "grid" else None
 
-    def config(self, params: Mapping[str, Any]) -> Config:
+    def config(self, params: Mapping[str, Any], checked: bool = True) -> Config:
         """The trial config: base + axis values (+ ``train.seed``); errors name the key and the file.
-        ``train.epochs`` is the last milestone, so every segment follows the same schedule. Registry and
-        EHR names are checked against the space's dataset (mmsn.preflight), before any data is read."""
+        ``train.epochs`` is the last milestone, so a trial restarted at any milestone follows the same
+        schedule. Registry and EHR names are checked against the space's dataset (mmsn.preflight), before
+        any data is read, unless ``checked`` is False (a trial: its space was checked when it loaded)."""
         active = {k: v for k, v in params.items() if v != INACTIVE}
         cfg = _build(self.path, self.base, {**active, "train.epochs": self.epochs})
+        if not checked:
+            return cfg
         try:
             # An axis value is set for this trial; base.set is a recipe for every objective the space runs.
             check_objective_keys(active, cfg.objective.name)
@@ -423,12 +443,29 @@ def load_space(path: str | Path, smoke: bool = False) -> Space:
                         lambda d: {**d, "points_to_evaluate": tuple(d.get("points_to_evaluate", ()))}),
         scheduler=_section(path, raw, "scheduler", SchedulerSpec, _scheduler),
         metric=str(metric.get("name", "val_auroc")), mode=str(metric.get("mode", "max")),
-        resources=_section(path, raw, "resources", Resources), budget=_section(path, raw, "budget", Budget),
+        resources=_section(path, _without_retired(raw), "resources", Resources),
+        budget=_section(path, raw, "budget", Budget),
         smoke=_overrides(path, raw.get("smoke", {}).get("set") if raw.get("smoke") else None, "smoke.set"),
         evaluate=_evaluate(path, raw),
     )
     validate(space)
     return space
+
+
+# Keys of spaces written before the probe ran in place on the trial's own resources: still read (an old
+# experiment's space.yaml must load for its analysis), never used; a sweep says so.
+RETIRED_RESOURCES = ("probe_cpus", "probe_gpus")
+
+
+def _without_retired(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {"resources": {k: v for k, v in (raw.get("resources") or {}).items() if k not in RETIRED_RESOURCES}}
+
+
+def retired_keys(path: Path, smoke: bool = False) -> list[str]:
+    """The retired ``resources`` keys a space file sets (with its smoke section when ``smoke``)."""
+    raw = yaml.safe_load(path.read_text()) or {}
+    sections = [raw.get("resources") or {}] + ([(raw.get("smoke") or {}).get("resources") or {}] if smoke else [])
+    return sorted({f"resources.{k}" for section in sections for k in section if k in RETIRED_RESOURCES})
 
 
 def _apply_smoke(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
@@ -543,21 +580,15 @@ def suggest(space: Space, trial: Any) -> dict[str, Any]:
 
 
 def variant_name(cfg: Config) -> str:
-    """The EHR use of a trial, what the analysis ranks within an objective: ``none``, the fusion input
-    ``fusion:feature+feature``, and/or the EHR as a target (``record:fields`` for mrm_ehr,
-    ``labels:column+column`` for the SupCon objectives; SupCon's ``image`` label is no EHR), joined by " & "."""
-    parts = [] if cfg.ehr.fusion == "none" else [f"{cfg.ehr.fusion}:{'+'.join(cfg.ehr.features)}"]
-    if cfg.objective.name == "mrm_ehr":
-        parts.append(f"record:{'+'.join(cfg.mrm.features)}")
-    if cfg.objective.name in ("supcon_ehr", "msn_supcon"):
-        labels = [label for label in cfg.supcon.labels if label != "image"]
-        parts += [f"labels:{'+'.join(labels)}"] if labels else []
-    return " & ".join(parts) or "none"
+    """The EHR use of a trial (mmsn.objectives.ehr_use): what the analysis ranks within an objective."""
+    from mmsn.objectives import ehr_use
+
+    return ehr_use(cfg)
 
 
 def shipped_spaces() -> list[Path]:
     return sorted(HERE.glob("*.yaml"))
 
 
-__all__ = ["Arm", "Axis", "Space", "VARIANT_KEYS", "grid_points", "load_space", "shipped_spaces", "suggest",
-           "variant_name"]
+__all__ = ["NO_EHR", "VANILLA", "VARIANT_KEYS", "Arm", "Axis", "Space", "grid_points", "load_space", "shipped_spaces",
+           "suggest", "variant_name"]

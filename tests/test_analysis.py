@@ -425,7 +425,7 @@ def test_ehr_targets_are_measured_against_their_ehr_free_relatives(tmp_path: Pat
     fused = arms_of({"objective.name": "mae", "ehr.fusion": "concat_anchor"}, None, info)
     assert fused.arm == "concat_anchor:demographic [objective.name=mae]"
     assert fused.ehr_free == "none [objective.name=mae]"
-    assert info.space is not None and info.space.expected_trials() == 28
+    assert info.space is not None and info.space.expected_trials() == 32  # 16 arms x 2 seeds
 
 
 OBJECTIVES_YAML = """\

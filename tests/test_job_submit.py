@@ -40,7 +40,7 @@ def check_pbt(experiment: Path, out: str) -> None:
         epochs = [json.loads(line)["epoch"] for line in (t / "result.json").read_text().splitlines() if line]
         assert epochs[-1] == 2 and epochs == sorted(set(epochs)), epochs
         assert list(t.glob("probes/epoch_002.json"))
-    assert not list((experiment / "train_runs").iterdir())  # each trial's last segment went as it finished
+    assert not list((experiment / "train_runs").iterdir())  # each trial's own states went as it finished
 
 
 def test_ray_job_submit_on_a_two_cpu_head_runs_a_smoke_sweep_and_refuses_a_trial_that_cannot_fit(

@@ -15,22 +15,22 @@ from torch.utils.data import default_collate
 
 from mmsn.checkpoint import load_encoder
 from mmsn.cli import main as mmsn_main
-from mmsn.config import OBJECTIVE_SECTIONS, Config, from_dict, load_config, to_dict
+from mmsn.config import Config, from_dict, load_config, objective_sections, to_dict
 from mmsn.data.cache import open_cache
 from mmsn.engine import build_run, train_step
 from mmsn.errors import ConfigError
 from mmsn.models.backbone import ViTEncoder, create_vit, random_token_mask
 from mmsn.models.fusion import FUSIONS
-from mmsn.objectives import OBJECTIVES, Batch
+from mmsn.objectives import OBJECTIVES, SPECS, Batch
 from mmsn.objectives.mlvicx import level_blocks
 from mmsn.pretrain import pretrain
 from tests.conftest import TINY_RUN
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SSL = ("vicreg", "mlvicx", "dino", "mae", "mrm_ehr", "supcon_ehr", "msn_supcon")
+SSL = ("vicreg", "mlvicx", "dino", "mae", "mrm_ehr", "supcon_ehr", "msn_supcon", "byol")
 # every objective with no fusion and with the fusion that touches the most (both branches); every fusion
 # with the two objective families (EMA target; no target)
-COMBOS = sorted({*((o, f) for o in OBJECTIVE_SECTIONS for f in ("none", "concat_both")),
+COMBOS = sorted({*((o, f) for o in SPECS for f in ("none", "concat_both")),
                  *((o, f) for o in ("msn", "vicreg") for f in FUSIONS)})
 
 
@@ -43,13 +43,15 @@ def first_batch(run, n: int = 32) -> Batch:  # type: ignore[no-untyped-def]
 
 
 def test_registry_matches_the_config_sections() -> None:
-    assert set(OBJECTIVES) == set(OBJECTIVE_SECTIONS) == {"msn", *SSL}
+    assert set(OBJECTIVES) == set(SPECS) == {"msn", *SSL}
+    # every section an objective reads is some objective's own section of the config
+    assert {s for spec in SPECS.values() for s in spec.sections} == set(objective_sections()) <= set(to_dict(Config()))
 
 
 def test_unknown_objective_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match=r"objective.name 'byol'; valid: dino, mae, mlvicx, mrm_ehr, msn, "
-                                          r"msn_supcon, supcon_ehr, vicreg"):
-        load_config(None, ["objective.name=byol"])
+    with pytest.raises(ConfigError, match=r"objective.name 'simclr'; valid: byol, dino, mae, mlvicx, mrm_ehr, "
+                                          r"msn, msn_supcon, supcon_ehr, vicreg"):
+        load_config(None, ["objective.name=simclr"])
 
 
 def test_key_of_an_unselected_objective_names_key_and_selection(tmp_path: Path) -> None:
@@ -107,6 +109,20 @@ def test_ema_target_moves_only_by_ema(synthetic_cache: Path, objective: str) -> 
     m = train_step(run, first_batch(run))["ema"]
     # the EMA step uses the online weights after the optimiser step
     for t0, o1, t1 in zip(old_t, run.objective.encoder.parameters(), target.parameters()):
+        assert torch.allclose(t1, m * t0 + (1 - m) * o1.detach(), atol=1e-6)
+
+
+def test_byol_target_moves_by_ema_and_its_online_encoder_is_probed(synthetic_cache: Path) -> None:
+    run = build_run(tiny("byol"), open_cache(synthetic_cache))
+    byol = run.objective
+    assert byol.eval_encoder() is byol.encoder and not any(p.requires_grad for p in byol.target_encoder.parameters())
+    assert not hasattr(byol, "target_predictor")  # the predictor is online only (BYOL's asymmetry)
+    old = [p.clone() for p in (*byol.target_encoder.parameters(), *byol.target_head.parameters())]
+    m = train_step(run, first_batch(run))["ema"]
+    online = [*byol.encoder.parameters(), *byol.head.parameters()]
+    target = [*byol.target_encoder.parameters(), *byol.target_head.parameters()]
+    assert len(old) == len(online) == len(target) and 0.99 <= m < 1
+    for t0, o1, t1 in zip(old, online, target):
         assert torch.allclose(t1, m * t0 + (1 - m) * o1.detach(), atol=1e-6)
 
 
@@ -263,8 +279,7 @@ def test_record_loss_never_scores_missing_or_visible_fields() -> None:
 
 
 def test_masked_field_is_not_a_missing_indicator() -> None:
-    from mmsn.config import MRMConfig
-    from mmsn.objectives.mrm import RecordDecoder
+    from mmsn.objectives.mrm import MRMConfig, RecordDecoder
 
     torch.manual_seed(0)
     dec = RecordDecoder(8, (2, 0), MRMConfig(width=16, heads=4, depth=1)).eval()

@@ -72,13 +72,10 @@ def test_a_trial_that_cannot_fit_is_refused_with_the_numbers() -> None:
     two_cpus = [Node(2.0, 0.0)]
     problems = unmet(Resources(workers=2, cpus_per_worker=1.0), two_cpus)
     assert len(problems) == 1 and "training needs 2.05 CPUs" in problems[0] and "has 2 CPUs" in problems[0]
-    problems = unmet(Resources(workers=1, probe_cpus=2.0), two_cpus)
-    assert len(problems) == 1 and "probe task needs 2 CPUs" in problems[0]
     assert "no node has 1 CPUs and 1 GPUs" in " ".join(unmet(Resources(gpus_per_worker=1.0), two_cpus))
     assert unmet(Resources(workers=2, cpus_per_worker=4, gpus_per_worker=1), [Node(8, 1), Node(8, 1)]) == []
-    # a one-worker trial trains in its own process (no driver sliver) and probes in place (no probe task)
-    assert unmet(Resources(workers=1, cpus_per_worker=2.0, probe_cpus=2.0), two_cpus, driver=0.0,
-                 probe_task=False) == []
+    # a one-worker trial trains in its own process (no driver sliver) and probes in place
+    assert unmet(Resources(workers=1, cpus_per_worker=2.0), two_cpus, driver=0.0) == []
     assert "training needs 2.05 CPUs" in unmet(Resources(workers=1, cpus_per_worker=2.0), two_cpus)[0]
 
 

@@ -1,6 +1,6 @@
 """End-to-end sweeps on a real local Ray (CPU, gloo): ASHA on probe AUROC with 2 Train workers and a
 worker killed mid-run, kill-and-resume, a diverging trial, synchronous halving of arms (interrupted and
-resumed; and with two workers per trial, in segments), the evaluation protocol's smoke sweep. PBT
+resumed; and with two workers per trial, paused and restarted), the evaluation protocol's smoke sweep. PBT
 cloning runs through `ray job submit` (tests/test_job_submit.py).
 Each sweep runs `python -m trainables.sweep` in its own process, which starts its own local Ray."""
 
@@ -95,9 +95,9 @@ def test_asha_sweep_on_probe_auroc_with_two_workers_and_a_retried_worker(tmp_pat
         assert len(probes) == len(rows)
         assert set(json.loads(probes[-1].read_text())) >= {"val", "test", "epoch"}
         assert list((t / "tb").glob("events.out.tfevents.*"))
-        # no full checkpoint in the trial directory (Tune holds none: the Train run held the latest, and it
-        # is removed once the trial ends), an image-encoder export per milestone
-        assert not list(t.rglob("checkpoint.pt"))
+        # one full checkpoint in the trial directory (Tune's copy of the last milestone; the trial's own
+        # states are removed once it ends), an image-encoder export per milestone
+        assert len(list(t.rglob("checkpoint.pt"))) == 1
         last = rows.iloc[-1]  # the compute split: epochs + probes + (worker start, state, checkpoints)
         assert 0 < last["train_seconds"] + last["probe_seconds"] < last["trial_seconds"]
         assert sorted(p.name for p in (t / "encoders").glob("*.pth")) == [f"epoch_{e:03d}.pth" for e in rows["epoch"]]
@@ -266,32 +266,39 @@ def test_halving_promotes_whole_arms_by_their_mean_after_every_arm_reached_the_r
     assert "Arms ranked by test macro AUROC" in out
 
 
-def test_halving_with_two_workers_runs_each_milestone_as_a_train_run_probed_by_a_task(tmp_path: Path) -> None:
-    """The segment path (several workers under halving or PBT): one Train run per milestone, a Ray task
-    probes it, the report carries a Tune checkpoint a paused trial restarts from."""
+def test_halving_with_two_workers_restarts_a_paused_trial_in_a_fresh_train_run(tmp_path: Path) -> None:
+    """Several workers under a scheduler that pauses trials: rank 0 probes each milestone in place, the
+    report carries a Tune checkpoint, and a trial paused at the rung restarts from it in a new Train run."""
     import yaml
 
     raw = yaml.safe_load((SPACES / "quickstart.yaml").read_text())
-    raw["name"], raw["axes"] = "segments", {"msn.temperature": {"grid": [0.1, 0.2]}}
+    raw["name"], raw["axes"] = "paused", {"msn.temperature": {"grid": [0.1, 0.2, 0.3]}}
     raw["scheduler"] = {"type": "halving", "milestones": [1, 2], "reduction_factor": 2}
     raw["smoke"]["scheduler"] = {"milestones": [1, 2]}
-    raw["smoke"]["resources"] = {"workers": 2, "cpus_per_worker": 0.95, "max_concurrent_trials": 1, "probe_cpus": 1}
-    space = tmp_path / "segments.yaml"
+    raw["smoke"]["resources"] = {"workers": 2, "cpus_per_worker": 0.95, "max_concurrent_trials": 1}
+    space = tmp_path / "paused.yaml"
     space.write_text(yaml.safe_dump(raw))
     out = run_sweep(str(space), tmp_path)
-    experiment = tmp_path / "segments-smoke"
+    experiment = tmp_path / "paused-smoke"
     state = json.loads((experiment / "halving" / "state.json").read_text())
-    rung = state["decided"]["1"]
-    assert rung["kept"] == [max(rung["scores"], key=rung["scores"].get)]
-    for t in trial_dirs(experiment):
+    rung = state["decided"]["1"]  # 3 arms, reduction factor 2: the best 2 go on
+    assert rung["kept"] == sorted(rung["scores"], key=rung["scores"].get, reverse=True)[:2]
+    trials = trial_dirs(experiment)
+    arrival = sorted(trials, key=lambda t: progress(t).iloc[0]["timestamp"])  # one at a time: the last one
+    restarted = 0                                                           # completes the rung, unpaused
+    for t in trials:
         epochs = progress(t).drop_duplicates("epoch")["epoch"].tolist()
         kept = state["arms"]["_".join(t.name.split("_")[2:4])] in rung["kept"]
         assert epochs == ([1, 2] if kept else [1]), (t.name, epochs)
         assert sorted(p.name for p in (t / "encoders").glob("*.pth")) == [f"epoch_{e:03d}.pth" for e in epochs]
         assert {p.name for p in (t / "probes").glob("*.json")} == {f"epoch_{e:03d}.json" for e in epochs}
-        # the trial's own writer (probe AUROC) and rank 0's in each segment's Train run
-        assert len(list((t / "tb").glob("events.out.tfevents.*"))) == 1 + len(epochs)
-    assert not list((experiment / "train_runs").iterdir())  # every segment's Train run removed
+        # rank 0's writer in each Train run: one to the rung, one more for a trial paused there and promoted
+        paused_and_promoted = kept and t != arrival[-1]
+        restarted += paused_and_promoted
+        assert len(list((t / "tb").glob("events.out.tfevents.*"))) == 1 + paused_and_promoted
+        assert len(list(t.rglob("checkpoint.pt"))) == 1
+    assert restarted >= 1  # at least one of the two trials paused at the rung went on from its checkpoint
+    assert not list((experiment / "train_runs").iterdir())  # every trial's own states and Train runs removed
     assert "Arms ranked by test macro AUROC" in out
 
 

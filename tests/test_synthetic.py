@@ -11,10 +11,9 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from mmsn.data import synthetic
 from mmsn.data.labels import NIH14_LABELS
 from mmsn.data.source import Source
-from mmsn.data.synthetic import SyntheticRenderer, load_synthetic, parametric_templates, xrv_data_dir
+from mmsn.data.synthetic import SyntheticRenderer, load_synthetic, parametric_templates, templates, xrv_data_dir
 from mmsn.errors import DataError
 
 
@@ -134,6 +133,6 @@ def test_root_may_name_another_csv_or_its_folder(tmp_path: Path) -> None:
 def test_parametric_lungs_stand_in_without_the_masks(monkeypatch: pytest.MonkeyPatch, source: Source) -> None:
     shapes = parametric_templates()
     assert all(0.1 < (s.mask > 0.5).mean() < 0.6 for s in shapes)
-    monkeypatch.setattr(synthetic, "_TEMPLATES", (shapes, "parametric"))
+    monkeypatch.setattr(templates, "_TEMPLATES", (shapes, "parametric"))
     img = source.image(5, 64)
     assert img.shape == (64, 64) and img.std() > 10

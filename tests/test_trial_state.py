@@ -7,38 +7,44 @@ import json
 from pathlib import Path
 
 from mmsn.checkpoint import RUN_INFO
-from trainables.trial import REPORTED, _keep_report, _newest, _replace_dir, unlogged_reports
+from trainables.state import REPORTED, TrialState, newest, replace_dir
 
 
 def test_only_the_reports_tune_did_not_log_are_sent_again(tmp_path: Path) -> None:
-    own, logged = tmp_path / "own", tmp_path / "trial" / "result.json"
+    own, logged = TrialState(tmp_path / "own"), tmp_path / "trial" / "result.json"
     for epoch in (1, 2, 4):
-        _keep_report(own, {"epoch": epoch, "val_auroc": 0.5 + epoch / 100, "variant": "none", "skip": [1]})
-    assert [m["epoch"] for m in unlogged_reports(own, logged)] == [1, 2, 4]  # no log yet: all of them
+        own.keep_report({"epoch": epoch, "val_auroc": 0.5 + epoch / 100, "variant": "none", "skip": [1]})
+    assert [m["epoch"] for m in own.unlogged(logged)] == [1, 2, 4]  # no log yet: all of them
     logged.parent.mkdir()
     logged.write_text("".join(json.dumps({"epoch": e, "val_auroc": 0.5}) + "\n" for e in (1, 2)))
-    again = unlogged_reports(own, logged)
+    again = own.unlogged(logged)
     assert again == [{"epoch": 4, "val_auroc": 0.54, "variant": "none"}]  # as sent, plain values only
-    assert sorted(p.name for p in (own / REPORTED).iterdir()) == ["epoch_001.json", "epoch_002.json",
-                                                                  "epoch_004.json"]
+    assert sorted(p.name for p in (own.own / REPORTED).iterdir()) == ["epoch_001.json", "epoch_002.json",
+                                                                      "epoch_004.json"]
+
+
+def state(path: Path, epoch: int) -> Path:
+    path.mkdir(parents=True)
+    (path / RUN_INFO).write_text(json.dumps({"epoch": epoch}))
+    return path
 
 
 def test_a_restarted_trial_starts_from_its_newest_state(tmp_path: Path) -> None:
-    def state(name: str, epoch: int) -> Path:
-        path = tmp_path / name
-        path.mkdir()
-        (path / RUN_INFO).write_text(json.dumps({"epoch": epoch}))
-        return path
-
-    tune, latest = state("tune_checkpoint", 1), state("staging", 2)
-    assert _newest(tune, tmp_path / "missing", None) == tune
+    tune = state(tmp_path / "tune_checkpoint", 1)
+    assert newest(tune, tmp_path / "missing", None) == tune
     # Tune logged the epoch-2 report but was interrupted before it registered that checkpoint
-    kept = tmp_path / "latest"
-    _replace_dir(latest, kept)
-    assert _newest(tune, kept) == kept and json.loads((kept / RUN_INFO).read_text()) == {"epoch": 2}
-    _replace_dir(state("next", 3), kept)  # replaced whole, no leftovers beside it
-    assert json.loads((kept / RUN_INFO).read_text())["epoch"] == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "next", "staging", "tune_checkpoint"]
+    own = TrialState(tmp_path / "own")
+    kept = own.milestone_dir(2)
+    kept.parent.mkdir(parents=True)
+    replace_dir(state(tmp_path / "writing", 2), kept)
+    assert own.start(tune) == kept and json.loads((kept / RUN_INFO).read_text()) == {"epoch": 2}
+    replace_dir(state(tmp_path / "next", 3), own.own / "latest")  # moved whole, nothing left beside it
+    assert own.start(tune) == own.own / "latest"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["own", "tune_checkpoint"]
+    own.prune(3)  # a newer milestone was written: the older milestone states go (Tune holds them)
+    assert not kept.exists() and own.start(tune) == own.own / "latest"
+    own.clear_states()  # a PBT clone trains on from its donor's checkpoint
+    assert own.start(tune) == tune
 
 
 def test_a_finished_trial_keeps_only_the_checkpoint_tune_registered(tmp_path: Path) -> None:

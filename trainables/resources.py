@@ -1,6 +1,6 @@
 """Does one trial fit the cluster? Checked before any trial is submitted, so a request that can never be
-met fails at once with the numbers instead of waiting forever (RESEARCH.md section 5: Ray does not call
-a 2-CPU probe infeasible on a 2-CPU node whose trial driver holds 0.05, it just waits)."""
+met fails at once with the numbers instead of waiting forever (docs/cluster.md, "Resources": Ray does not
+call a request infeasible when the node's total could hold it, it just waits)."""
 
 from __future__ import annotations
 
@@ -22,11 +22,10 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-def unmet(res: Resources, nodes: Sequence[Node], driver: float = DRIVER_CPUS, probe_task: bool = True) -> list[str]:
+def unmet(res: Resources, nodes: Sequence[Node], driver: float = DRIVER_CPUS) -> list[str]:
     """What one trial needs at once that ``nodes`` (the alive nodes' total resources) cannot give, as
-    sentences naming the numbers; empty when it fits. A trial holds its driver (``driver`` CPUs; 0 when
-    the trial trains in its own process) plus either its Train workers or, under PBT (``probe_task``),
-    its probe task (never both: the probe runs between training segments)."""
+    sentences naming the numbers; empty when it fits. A trial holds its workers plus, with several, its
+    driver (``driver`` CPUs; 0 when the trial trains in its own process). The probe runs on rank 0."""
     total_cpu, total_gpu = sum(n.cpus for n in nodes), sum(n.gpus for n in nodes)
     problems = []
     train_cpu = res.workers * res.cpus_per_worker + driver
@@ -39,11 +38,6 @@ def unmet(res: Resources, nodes: Sequence[Node], driver: float = DRIVER_CPUS, pr
     if not any(n.cpus >= res.cpus_per_worker and n.gpus >= res.gpus_per_worker for n in nodes):
         problems.append(f"no node has {_fmt(res.cpus_per_worker)} CPUs and {_fmt(res.gpus_per_worker)} GPUs "
                         "for one Train worker")
-    probe_fits = any(n.cpus >= res.probe_cpus and n.gpus >= res.probe_gpus for n in nodes)
-    if probe_task and (not probe_fits or res.probe_cpus + driver > total_cpu + 1e-9):
-        problems.append(f"the probe task needs {_fmt(res.probe_cpus)} CPUs and {_fmt(res.probe_gpus)} GPUs on one "
-                        f"node beside the trial driver's {driver}; the largest node has "
-                        f"{_fmt(max((n.cpus for n in nodes), default=0))} CPUs, the cluster {_fmt(total_cpu)}")
     return problems
 
 

@@ -3,7 +3,7 @@
 Experiment layout (``STORAGE/NAME/``): Tune's own files and one directory per trial (``tb/`` events,
 ``probes/epoch_XXX.json`` with val and test probe results), ``sweep.json`` (how the sweep was started),
 ``space.yaml`` (a copy of the space), ``optuna.db`` (the Optuna study, sqlite) and ``train_runs/``
-(Ray Train's segment runs and checkpoints).
+(each running trial's own states, trainables.state).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from search_spaces.loader import (
     encode_value,
     grid_points,
     load_space,
+    retired_keys,
     scheduler_warnings,
     suggest,
 )
@@ -103,12 +104,12 @@ def build_scheduler(space: Space, experiment: Path, search: Any) -> Any:
 
 
 def local_cpus(space: Space) -> int:
-    """Logical CPUs for a local Ray: twice what max_concurrent_trials trials hold at once (their
-    drivers take a sliver; train workers and the probe task never run together within a trial).
-    The headroom is for the Train run of a trial the scheduler just stopped: its placement group is
-    freed by Ray's cleaner a little later, and the next trial must not wait for that."""
+    """Logical CPUs for a local Ray: twice what max_concurrent_trials trials hold at once (their workers,
+    and a sliver for the driver of a several-worker trial). The headroom is for the Train run of a trial
+    the scheduler just stopped: its placement group is freed by Ray's cleaner a little later, and the
+    next trial must not wait for that."""
     r = space.resources
-    per_trial = max(r.workers * r.cpus_per_worker, r.probe_cpus) + 0.05
+    per_trial = r.workers * r.cpus_per_worker + 0.05
     return max(os.cpu_count() or 1, math.ceil(2 * r.max_concurrent_trials * per_trial))
 
 
@@ -171,20 +172,17 @@ def prune_checkpoints(trial_dir: Path, kept: str | None) -> None:
 
 
 def train_runs_cleanup(experiment: Path) -> Any:
-    """A Tune callback removing a trial's own state (``train_runs/<trial id>``: its Train run, ``latest``,
-    the reports it sent; in segments its last one) once Tune is done with the trial: finished, stopped
+    """A Tune callback removing a trial's own state (``train_runs/<trial id>``: its states, the reports it
+    sent, its Train runs) once Tune is done with the trial: finished, stopped
     by the scheduler, or failed for good (``--resume`` does not rerun failed trials). Only an unfinished
     trial keeps it, for ``--resume``."""
     from ray.tune import Callback
 
-    from trainables.trial import own_dir
+    from trainables.state import own_dir
 
     class TrainRunsCleanup(Callback):  # type: ignore[misc]
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            own = own_dir(str(experiment), trial.trial_id)
-            # PBT's segments are Train runs named `<trial id>-eXXX-<hex>`; what a clone needs is Tune's copy
-            for path in [own, *own.parent.glob(f"{trial.trial_id}-e*")]:
-                shutil.rmtree(path, ignore_errors=True)
+            shutil.rmtree(own_dir(experiment, trial.trial_id), ignore_errors=True)
             prune_checkpoints(Path(trial.path), trial.checkpoint.path if trial.checkpoint else None)
 
         on_trial_error = on_trial_complete
@@ -196,9 +194,10 @@ def make_tuner(space: Space, experiment: Path, cache: Path, resume: bool, protoc
     from ray import tune
 
     from trainables.resources import DRIVER_CPUS
-    from trainables.trial import msn_trial, runs_in_process
+    from trainables.trial import msn_trial
 
-    r, alone = space.resources, runs_in_process(space)
+    r = space.resources
+    alone = r.workers == 1
     # An in-process trial holds its worker's resources; otherwise the trial is a driver holding a sliver
     # while its Train workers (or PBT's probe task) hold theirs. Its retries are then Tune's, not Train's.
     held = {"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker} if alone else {"cpu": DRIVER_CPUS}
@@ -248,10 +247,8 @@ def check_resources(space: Space, wait: bool) -> None:
     """Refuse, with the numbers, a trial the connected cluster can never hold; ``wait`` (an autoscaling
     cluster) only says what the sweep will wait for."""
     from trainables.resources import DRIVER_CPUS, cluster_nodes, unmet
-    from trainables.trial import runs_in_process, runs_in_segments
 
-    problems = unmet(space.resources, cluster_nodes(), driver=0.0 if runs_in_process(space) else DRIVER_CPUS,
-                     probe_task=runs_in_segments(space))
+    problems = unmet(space.resources, cluster_nodes(), driver=0.0 if space.resources.workers == 1 else DRIVER_CPUS)
     if not problems:
         return
     what = "; ".join(problems)
@@ -269,6 +266,9 @@ def run_space(space: Space, experiment: Path, smoke: bool = False, resume: bool 
     check_scheduler(space)
     for warning in [] if smoke else scheduler_warnings(space):  # a smoke corner is too short to mean anything
         print(f"WARNING: {warning}", flush=True)
+    if retired := retired_keys(space.path, smoke):
+        print(f"WARNING: {space.path}: {', '.join(retired)}: ignored (the probe runs on the trial's own resources)",
+              flush=True)
     check_roots(space, storage)
     if not resume and list(experiment.glob("experiment_state-*.json")):
         raise MMSNError(f"{experiment}: holds a sweep; pass --resume to continue it or --name for a new one")

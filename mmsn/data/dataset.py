@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mmsn.config import Config
 from mmsn.data.cache import Cache
 from mmsn.data.ehr import EHREncoder, resolve_features
 from mmsn.data.targets import PseudoLabeler, PseudoLabelSpec, RecordEncoder, fit_pseudo_labels, fit_record_targets
+from mmsn.models.fusion import takes_ehr
 
 
 class CacheImages(Dataset[dict[str, torch.Tensor]]):
@@ -35,8 +35,9 @@ class CacheImages(Dataset[dict[str, torch.Tensor]]):
 
 
 def fit_ehr_encoder(cache: Cache, features: tuple[str, ...], fusion: str) -> EHREncoder:
-    """The EHR encoder of a run: chosen features, statistics fit on the train split only."""
-    if fusion == "none":
+    """The EHR encoder of a run: chosen features, statistics fit on the train split only; no columns when
+    the fusion reads no EHR."""
+    if not takes_ehr(fusion):
         return EHREncoder(())
     columns = resolve_features(features, cache.ehr_columns)
     train = cache.table["split"].to_numpy() == "train"
@@ -74,20 +75,24 @@ class EHRTargets:
         return out
 
 
-def fit_ehr_targets(cfg: Config, cache: Cache) -> EHRTargets:
-    """What ``cfg.objective`` needs of the EHR as a target (mmsn.config.EHR_TARGET_OBJECTIVES), fit on train."""
-    name, train = cfg.objective.name, cache.table["split"].to_numpy() == "train"
-    if name == "mrm_ehr":
-        fields = resolve_features(cfg.mrm.features, cache.ehr_columns)
-        return EHRTargets(record=fit_record_targets(cache.table, fields, train, key="mrm.features"))
-    if name not in ("supcon_ehr", "msn_supcon"):
-        return EHRTargets()
-    s, kinds = cfg.supcon, {c.name: c.kind for c in cache.ehr_columns}
-    weights = s.weights or (1.0,) * len(s.labels)
-    specs = [PseudoLabelSpec(label, w, s.bins if kinds.get(label) == "continuous" else 0, s.binning)
-             for label, w in zip(s.labels, weights) if label != "image"]
-    pseudo = fit_pseudo_labels(cache.table, cache.ehr_columns, specs, train, key="supcon.labels") if specs else None
-    return EHRTargets(pseudo=pseudo, labels=s.labels)
+def record_targets(cache: Cache, features: tuple[str, ...], key: str) -> EHRTargets:
+    """The EHR fields ``features`` (groups and/or columns) as a record to reconstruct, fit on train; ``key``
+    is the config key errors name."""
+    train = cache.table["split"].to_numpy() == "train"
+    fields = resolve_features(features, cache.ehr_columns)
+    return EHRTargets(record=fit_record_targets(cache.table, fields, train, key=key))
+
+
+def pseudo_label_targets(cache: Cache, labels: tuple[str, ...], weights: tuple[float, ...], bins: int,
+                         binning: str, key: str) -> EHRTargets:
+    """EHR columns (or ``patient``; ``image`` is each image its own class) as pseudo-labels, continuous
+    ones binned (``bins``, ``binning``), fit on train; ``weights`` one per label (empty: 1 each)."""
+    train, kinds = cache.table["split"].to_numpy() == "train", {c.name: c.kind for c in cache.ehr_columns}
+    weights = weights or (1.0,) * len(labels)
+    specs = [PseudoLabelSpec(label, w, bins if kinds.get(label) == "continuous" else 0, binning)
+             for label, w in zip(labels, weights) if label != "image"]
+    pseudo = fit_pseudo_labels(cache.table, cache.ehr_columns, specs, train, key=key) if specs else None
+    return EHRTargets(pseudo=pseudo, labels=labels)
 
 
 def split_dataset(cache: Cache, split: str, encoder: EHREncoder, targets: EHRTargets | None = None) -> CacheImages:

@@ -1,4 +1,4 @@
-"""Canonical EHR columns of the cache, per dataset (RESEARCH.md section 2).
+"""Canonical EHR columns of the cache, per dataset (docs/data.md, EHR feature groups).
 
 Canonical names are shared across datasets so that a feature subset such as ``["age", "view"]``
 means the same thing on every cache. Categorical values are normalised by the adapters:

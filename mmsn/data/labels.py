@@ -16,5 +16,5 @@ CHEXPERT_LABELS: tuple[str, ...] = (
 )
 
 # CheXpert-style labels are 1 (positive), 0 (negative), -1 (uncertain) or blank (not mentioned).
-# Following CXR-EHR-MSN (RESEARCH.md section 2) uncertain and blank both map to 0 ("U-zeros").
+# Following CXR-EHR-MSN (docs/data.md, Datasets) uncertain and blank both map to 0 ("U-zeros").
 CHEXPERT_LABEL_POLICY = "1 -> 1; 0, -1 (uncertain) and blank (not mentioned) -> 0 (U-zeros)"

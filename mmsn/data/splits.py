@@ -1,4 +1,4 @@
-"""Patient-level train/val/test splits, fixed by seed before any pretraining (RESEARCH.md section 4)."""
+"""Patient-level train/val/test splits, fixed by seed before any pretraining (docs/data.md, Splits by patient)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """EHR as a training *target*: pseudo-labels for SupCon and record targets for masked record modelling.
 
-Two encoders, both fit on the train split only and both pure numpy/pandas (RESEARCH.md section 3):
+Two encoders, both fit on the train split only and both pure numpy/pandas (docs/objectives.md):
 
 - :class:`PseudoLabeler` turns EHR columns (and the patient id) into integer class codes, one column
   per :class:`PseudoLabelSpec`, for the clinically-labelled supervised contrastive loss of OLIVES

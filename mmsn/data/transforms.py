@@ -1,6 +1,6 @@
 """Pixel normalisation shared by pretraining and evaluation.
 
-CXR-EHR-MSN normalised differently in pretraining and in the linear probe (RESEARCH.md section 2);
+CXR-EHR-MSN normalised differently in pretraining and in the linear probe (docs/data.md, Pixels);
 here one function serves both, so the encoder always sees the same input distribution.
 """
 

@@ -1,8 +1,8 @@
 """ViT backbones (timm) that take the indices of the patch tokens to keep.
 
 The encoder is timm's ``VisionTransformer``, unchanged: ``ViTEncoder`` only re-orders the calls of
-its ``forward_features`` so that patch tokens can be dropped (MSN's anchor masking, RESEARCH.md
-section 1) and extra tokens appended (token fusion) between the position embedding and the blocks.
+its ``forward_features`` so that patch tokens can be dropped (MSN's anchor masking, docs/method.md,
+Masking) and extra tokens appended (token fusion) between the position embedding and the blocks.
 Parameter names stay timm's, so a saved ``vit`` state dict loads into ``timm.create_model``.
 
 Importing this module registers two small ViTs with timm (``vit_nano``, ``vit_micro``), so

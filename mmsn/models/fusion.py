@@ -3,12 +3,11 @@
 Every strategy has one interface (``Fusion``), so the model never branches on the name:
 ``extra_tokens(e)`` may add tokens inside the backbone, ``forward(cls, e)`` may change the CLS
 feature after it, and ``in_target`` says whether the EMA target branch fuses too (through its
-own EMA copy). CXR-EHR-MSN (RESEARCH.md section 2) is ``concat_anchor``; the rest are ablations.
+own EMA copy). CXR-EHR-MSN (docs/method.md, Fusion strategies) is ``concat_anchor``; the rest are ablations.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -38,6 +37,10 @@ class Fusion(nn.Module):
     """One fusion strategy: CLS feature (B, d) + EHR embedding (B, E) -> fused feature (B, d)."""
 
     in_target: ClassVar[bool] = False  # does the target branch fuse too (through an EMA copy)?
+    takes_ehr: ClassVar[bool] = True  # does the strategy read the EHR row at all?
+
+    def __init__(self, dim: int = 0, embed_dim: int = 0) -> None:
+        super().__init__()
 
     def extra_tokens(self, e: Tensor) -> Tensor | None:
         """Tokens (B, T, d) appended to the backbone's input tokens; None when the strategy adds none."""
@@ -50,6 +53,8 @@ class Fusion(nn.Module):
 
 class NoFusion(Fusion):
     """Vanilla MSN: the image alone."""
+
+    takes_ehr: ClassVar[bool] = False
 
     def forward(self, cls: Tensor, e: Tensor) -> Tensor:
         return cls
@@ -110,14 +115,23 @@ class FiLMFusion(Fusion):
         return cls * (1 + self.gamma(e)) + self.beta(e)
 
 
-# name -> builder(dim d of the CLS feature, EHR embedding width E)
-FUSIONS: dict[str, Callable[[int, int], Fusion]] = {
-    "none": lambda dim, embed_dim: NoFusion(),
+NO_FUSION = "none"  # ehr.fusion of a run that fuses no EHR: the EHR-free counterpart of every fusion
+
+# name -> class(dim d of the CLS feature, EHR embedding width E)
+FUSIONS: dict[str, type[Fusion]] = {
+    NO_FUSION: NoFusion,
     "concat_anchor": ConcatFusion,
     "concat_both": ConcatBothFusion,
     "token": TokenFusion,
     "film": FiLMFusion,
 }
+
+
+def takes_ehr(name: str) -> bool:
+    """Whether fusion ``name`` reads the EHR row (an unknown name is an error listing the known ones)."""
+    if name not in FUSIONS:
+        raise ConfigError(unknown_name("ehr.fusion", name, FUSIONS))
+    return FUSIONS[name].takes_ehr
 
 
 def build_fusion(name: str, dim: int, ehr_width: int, embed_dim: int,
@@ -129,7 +143,7 @@ def build_fusion(name: str, dim: int, ehr_width: int, embed_dim: int,
     if name not in FUSIONS:
         raise ConfigError(unknown_name("ehr.fusion", name, FUSIONS))
     fusion = FUSIONS[name](dim, embed_dim)
-    if name == "none":
+    if not fusion.takes_ehr:
         return None, fusion
     if ehr_width < 1:
         raise ConfigError(f"ehr.features: fusion {name!r} needs at least one EHR column, "
@@ -139,6 +153,7 @@ def build_fusion(name: str, dim: int, ehr_width: int, embed_dim: int,
 
 __all__ = [
     "FUSIONS",
+    "NO_FUSION",
     "ConcatBothFusion",
     "ConcatFusion",
     "EHREmbed",
@@ -147,4 +162,5 @@ __all__ = [
     "NoFusion",
     "TokenFusion",
     "build_fusion",
+    "takes_ehr",
 ]

@@ -1,4 +1,4 @@
-"""Projection heads: MSN's head and prototypes (RESEARCH.md section 1; facebookresearch/msn ``src/deit.py``),
+"""Projection heads: MSN's head and prototypes (docs/method.md; facebookresearch/msn ``src/deit.py``),
 VICReg's expander (lightly ``VICRegProjectionHead``) and DINO's head (facebookresearch/dino ``DINOHead``)."""
 
 from __future__ import annotations
@@ -46,6 +46,19 @@ class Expander(nn.Module):
         return self.layers(x)  # type: ignore[no-any-return]
 
 
+class MLPHead(nn.Module):
+    """BYOL's projector and predictor: Linear-BN-ReLU-Linear, (N, in_dim) -> (N, out) (Grill et al.: hidden
+    4096, out 256; lightly ``BYOLProjectionHead`` / ``BYOLPredictionHead``)."""
+
+    def __init__(self, in_dim: int, hidden: int, out: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                                    nn.Linear(hidden, out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)  # type: ignore[no-any-return]
+
+
 class DINOHead(nn.Module):
     """DINO's head: MLP (Linear-GELU-Linear-GELU-Linear to ``bottleneck``), L2 normalisation, then a
     weight-normalised Linear(bottleneck, out) without bias whose norm is fixed to 1 (``norm_last_layer``).
@@ -83,4 +96,4 @@ def init_prototypes(k: int, dim: int) -> nn.Parameter:
     return nn.Parameter(torch.empty(k, dim).uniform_(-bound, bound))
 
 
-__all__ = ["DINOHead", "Expander", "ProjectionHead", "init_prototypes"]
+__all__ = ["DINOHead", "Expander", "MLPHead", "ProjectionHead", "init_prototypes"]

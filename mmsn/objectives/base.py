@@ -14,7 +14,7 @@ import copy
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -181,5 +181,50 @@ class FusedOnline(Objective):
         return self.fusion(h, e) if e is not None else h
 
 
-__all__ = ["Batch", "DataShape", "FusedOnline", "LossOutput", "Objective", "decay_groups", "ema_update", "frozen_copy",
-           "full_precision"]
+class EMATargetBranch(FusedOnline):
+    """A fused online branch with an EMA copy as its target (MSN's target, DINO's teacher), built, run and
+    moved here once. The copy is ``<target_prefix>_encoder`` and ``_head``, plus ``_ehr_embed`` and ``_fusion``
+    when the fusion acts in the target too (``fusion.in_target``); those attribute names are the checkpoint
+    keys. The online head is ``self.head``."""
+
+    target_prefix: ClassVar[str] = "target"
+    head: nn.Module
+    _BRANCH: ClassVar[tuple[str, ...]] = ("encoder", "head", "ehr_embed", "fusion")
+
+    def build_target(self) -> None:
+        """The EMA copy of the online branch as it is now (call after ``build_online`` and the head)."""
+        fuse = self.ehr_embed is not None and self.fusion.in_target
+        for name in self._BRANCH:
+            online = getattr(self, name)
+            setattr(self, f"{self.target_prefix}_{name}",
+                    frozen_copy(online) if name in ("encoder", "head") or fuse else None)
+
+    def _target(self, name: str) -> Any:
+        return getattr(self, f"{self.target_prefix}_{name}")
+
+    def ema_pairs(self) -> Iterator[tuple[nn.Module, nn.Module]]:
+        """(online module, its EMA copy) pairs; parameters outside the branch (MSN's prototypes) have none."""
+        for name in self._BRANCH:
+            if self._target(name) is not None:
+                yield getattr(self, name), self._target(name)
+
+    def update_target(self, momentum: float) -> None:
+        """EMA step: target = momentum * target + (1 - momentum) * online, for every branch pair."""
+        ema_update(self.ema_pairs(), momentum)
+
+    def target_features(self, x: Tensor, ehr: Tensor | None, repeat: int = 1) -> Tensor:
+        """The unmasked target branch before its head: views (R*B, 1, S, S) -> CLS features (R*B, d), fused
+        only when ``fusion.in_target``; the views are ``repeat`` (R) view-major blocks of the batch and ``ehr``
+        (B, w) is the batch's EHR."""
+        embed, fusion = self._target("ehr_embed"), self._target("fusion")
+        if embed is None or fusion is None:
+            return self._target("encoder")(x)  # type: ignore[no-any-return]
+        if ehr is None:
+            raise ValueError("the target branch fuses EHR (fusion.in_target) but ehr=None")
+        e = embed(ehr.to(x.dtype)).repeat(repeat, 1)  # (R*B, E)
+        h = self._target("encoder")(x, None, fusion.extra_tokens(e))
+        return fusion(h, e)  # type: ignore[no-any-return]
+
+
+__all__ = ["Batch", "DataShape", "EMATargetBranch", "FusedOnline", "LossOutput", "Objective", "decay_groups",
+           "ema_update", "frozen_copy", "full_precision"]

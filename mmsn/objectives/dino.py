@@ -10,22 +10,54 @@ sharpened by a temperature warmed up from ``warmup_teacher_temp``; the loss is `
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from mmsn.config import Config, DINOConfig
+from mmsn.config import Config, require
 from mmsn.losses import dino_loss, teacher_temperature, update_center
 from mmsn.models.backbone import ViTEncoder
 from mmsn.models.heads import DINOHead
-from mmsn.objectives.base import Batch, DataShape, FusedOnline, LossOutput, ema_update, frozen_copy, full_precision
+from mmsn.objectives.base import Batch, DataShape, EMATargetBranch, LossOutput, full_precision
+from mmsn.objectives.spec import ObjectiveSpec
 from mmsn.schedules import cosine
 from mmsn.views import MultiCropViews
 
 
-class DINO(FusedOnline):
+@dataclass(frozen=True)
+class DINOConfig:
+    """DINO (Caron et al. 2021), the CXR-EHR-MSN baseline: teacher = EMA of the student, centring,
+    teacher-temperature warm-up, multi-crop with MSN's views (2 global to the teacher, all to the student).
+    The head is model.head_hidden wide, bottleneck model.head_out, and model.n_prototypes outputs."""
+
+    teacher_temp: float = 0.04  # teacher softmax temperature after warm-up (lightly: 0.04)
+    warmup_teacher_temp: float = 0.04  # teacher temperature at epoch 0 (DINO: 0.04)
+    warmup_teacher_temp_epochs: float = 0.0  # linear warm-up length (CXR-EHR-MSN: 5; DINO: 30)
+    student_temp: float = 0.1  # student softmax temperature
+    center_momentum: float = 0.9  # EMA of the teacher-output centre
+    ema_start: float = 0.996  # teacher EMA momentum at step 0
+    ema_end: float = 1.0  # at the last step (cosine, as DINO)
+    freeze_last_layer_epochs: float = 0.0  # epochs without gradient steps on the last head layer (DINO: 1)
+
+    def __post_init__(self) -> None:
+        for key in ("teacher_temp", "warmup_teacher_temp", "student_temp"):
+            require(0 < getattr(self, key) <= 10, f"dino.{key}", "must be in (0, 10]")
+        require(self.warmup_teacher_temp_epochs >= 0, "dino.warmup_teacher_temp_epochs", "must be >= 0")
+        require(0 <= self.center_momentum < 1, "dino.center_momentum", "must be in [0, 1)")
+        require(0 <= self.ema_start <= self.ema_end <= 1, "dino.ema_start", "need 0 <= ema_start <= ema_end <= 1")
+        require(self.freeze_last_layer_epochs >= 0, "dino.freeze_last_layer_epochs", "must be >= 0")
+
+
+class DINO(EMATargetBranch):
     """Self-distillation with no labels, on 2 global + ``views.n_focal`` local crops."""
+
+    target_prefix: ClassVar[str] = "teacher"  # teacher_encoder, teacher_head, ...
+    head: DINOHead
+    teacher_encoder: ViTEncoder
+    teacher_head: DINOHead
 
     part_names = ("teacher_entropy",)
     center: Tensor  # (1, K) buffer: EMA of the teacher's batch-mean output
@@ -36,21 +68,9 @@ class DINO(FusedOnline):
         self.build_online(cfg.model, cfg.ehr, cfg.views.size, data.ehr_width)
         m = cfg.model
         self.head = DINOHead(self.encoder.embed_dim, m.head_hidden, m.head_out, m.n_prototypes)
-        self.teacher_encoder = frozen_copy(self.encoder)
-        self.teacher_head = frozen_copy(self.head)
-        fuse_teacher = self.ehr_embed is not None and self.fusion.in_target
-        self.teacher_ehr_embed = frozen_copy(self.ehr_embed) if fuse_teacher and self.ehr_embed is not None else None
-        self.teacher_fusion = frozen_copy(self.fusion) if fuse_teacher else None
+        self.build_target()
         self.register_buffer("center", torch.zeros(1, m.n_prototypes))  # (1, K), saved with the checkpoint
         self.views = MultiCropViews(cfg.views)
-
-    def _pairs(self) -> Iterator[tuple[nn.Module, nn.Module]]:
-        yield self.encoder, self.teacher_encoder
-        yield self.head, self.teacher_head
-        if self.teacher_ehr_embed is not None and self.ehr_embed is not None:
-            yield self.ehr_embed, self.teacher_ehr_embed
-        if self.teacher_fusion is not None:
-            yield self.fusion, self.teacher_fusion
 
     def schedules(self, step: int, total_steps: int, steps_per_epoch: int) -> dict[str, float]:
         d, epoch = self.dino, step / max(steps_per_epoch, 1)
@@ -61,12 +81,7 @@ class DINO(FusedOnline):
 
     def _teacher(self, views: Tensor, ehr: Tensor | None) -> Tensor:
         """Global views (2B, 1, S, S) -> teacher logits (2B, K), no gradient."""
-        if self.teacher_ehr_embed is None or self.teacher_fusion is None:
-            return self.teacher_head(self.teacher_encoder(views))  # type: ignore[no-any-return]
-        assert ehr is not None, "the teacher fuses EHR (fusion.in_target) but the batch has none"
-        e = self.teacher_ehr_embed(ehr.to(views.dtype)).repeat(2, 1)
-        h = self.teacher_encoder(views, None, self.teacher_fusion.extra_tokens(e))
-        return self.teacher_head(self.teacher_fusion(h, e))  # type: ignore[no-any-return]
+        return self.teacher_head(self.target_features(views, ehr, repeat=2))  # type: ignore[no-any-return]
 
     def forward(self, batch: Batch, generator: torch.Generator | None,
                 schedules: Mapping[str, float]) -> LossOutput:
@@ -98,11 +113,13 @@ class DINO(FusedOnline):
                 p.grad = None
 
     def after_step(self, schedules: Mapping[str, float]) -> None:
-        ema_update(self._pairs(), schedules["ema"])
+        self.update_target(schedules["ema"])
 
     def eval_encoder(self) -> ViTEncoder:
         """The teacher encoder (DINO and CXR-EHR-MSN evaluate the teacher)."""
         return self.teacher_encoder
 
 
-__all__ = ["DINO"]
+SPEC = ObjectiveSpec(name="dino", build=DINO, section="dino", config=DINOConfig)
+
+__all__ = ["DINO", "DINOConfig", "SPEC"]

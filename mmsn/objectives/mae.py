@@ -1,5 +1,5 @@
 """Masked autoencoder (He et al., CVPR 2022, arXiv:2111.06377): the CXR-EHR-MSN paper's MAE baseline and
-the image half of MRM (RESEARCH.md section 3).
+the image half of MRM (docs/objectives.md, MAE).
 
 One global crop per image; ``mae.mask_ratio`` of its patch tokens are dropped per sample and the
 encoder sees only the visible ones (with the CLS token); a light ViT decoder gets the visible tokens
@@ -13,15 +13,34 @@ position embedding is learned (MAE's is fixed sin-cos): a small difference for a
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from mmsn.config import Config, MAEConfig
+from mmsn.config import Config, require
 from mmsn.models.backbone import ViTEncoder, random_token_mask
 from mmsn.objectives.base import Batch, DataShape, FusedOnline, LossOutput, full_precision
+from mmsn.objectives.spec import ObjectiveSpec
 from mmsn.views import MultiCropViews
+
+
+@dataclass(frozen=True)
+class MAEConfig:
+    """MAE (He et al. 2022) and the image half of MRM: mask ratio, the light decoder, the pixel target."""
+
+    mask_ratio: float = 0.75  # patch tokens hidden from the encoder (MAE and MRM: 0.75; CXR-EHR-MSN's MAE: 0.6)
+    decoder_dim: int = 128  # decoder width (MAE: 512)
+    decoder_depth: int = 2  # decoder blocks (MAE: 8)
+    decoder_heads: int = 4  # decoder attention heads (MAE: 16)
+    norm_pix_loss: bool = True  # MSE on per-patch standardised pixels (MAE, MRM)
+
+    def __post_init__(self) -> None:
+        require(0 < self.mask_ratio <= 0.95, "mae.mask_ratio", f"{self.mask_ratio} not in (0, 0.95]")
+        require(self.decoder_dim >= 8 and self.decoder_dim % self.decoder_heads == 0, "mae.decoder_dim",
+                 "must be >= 8 and a multiple of mae.decoder_heads")
+        require(self.decoder_depth >= 1 and self.decoder_heads >= 1, "mae.decoder_depth", "must be >= 1")
 
 
 def patchify(x: Tensor, patch: int) -> Tensor:
@@ -106,4 +125,6 @@ class MAE(FusedOnline):
         return self.encoder
 
 
-__all__ = ["MAE", "MAEDecoder", "masked_patch_mse", "patchify"]
+SPEC = ObjectiveSpec(name="mae", build=MAE, section="mae", config=MAEConfig)
+
+__all__ = ["SPEC", "MAEConfig", "MAE", "MAEDecoder", "masked_patch_mse", "patchify"]

@@ -1,6 +1,6 @@
 """MLVICX (azad6629/mlvicx): VICReg at two levels, L = VIC(global) + lambda * VIC(multi-level).
 
-How the paper's ResNet maps to a ViT, and where we differ (RESEARCH.md section 3):
+How the paper's ResNet maps to a ViT, and where we differ (docs/objectives.md, MLVICX):
 - Paper: the feature maps of 5 ResNet-18 stages (after CBAM attention) are resized to 64 x 64,
   1x1-convolved to 512 channels, summed, pooled to 4 x 4, flattened and expanded by a 3-layer MLP.
 - Here: the "stages" are ViT blocks at ``mlvicx.levels`` fractions of the depth (default 1/4, 1/2,
@@ -17,14 +17,36 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from mmsn.config import Config
+from mmsn.config import Config, require
 from mmsn.models.heads import Expander
 from mmsn.objectives.base import Batch, DataShape, LossOutput
-from mmsn.objectives.vicreg import VICReg
+from mmsn.objectives.spec import ObjectiveSpec
+from mmsn.objectives.vicreg import VICReg, VICRegConfig
+
+
+@dataclass(frozen=True)
+class MLVICXConfig(VICRegConfig):
+    """MLVICX (azad6629/mlvicx): VIC(global) + multi_level_weight * VIC(multi-level). The levels are
+    ViT blocks given as fractions of the depth (the paper's ResNet stages); see mmsn/objectives/mlvicx.py."""
+
+    _section: ClassVar[str] = "mlvicx"
+
+    multi_level_weight: float = 1.0  # lambda of the multi-level term (paper code: 1)
+    levels: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # blocks at these fractions of the depth
+    level_dim: int = 0  # width of each level's projection before the sum; 0 = the backbone width
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0 <= self.multi_level_weight <= 100, "mlvicx.multi_level_weight", "must be in [0, 100]")
+        require(len(self.levels) > 0 and all(0 < f <= 1 for f in self.levels), "mlvicx.levels",
+                 "fractions of the depth in (0, 1], at least one")
+        require(self.level_dim >= 0, "mlvicx.level_dim", "must be >= 0")
 
 
 def level_blocks(depth: int, fractions: tuple[float, ...]) -> list[int]:
@@ -70,4 +92,6 @@ class MLVICX(VICReg):
         return LossOutput(loss, {"global": global_loss, "multi_level": level_loss, **parts})
 
 
-__all__ = ["MLVICX", "level_blocks"]
+SPEC = ObjectiveSpec(name="mlvicx", build=MLVICX, section="mlvicx", config=MLVICXConfig)
+
+__all__ = ["SPEC", "MLVICXConfig", "MLVICX", "level_blocks"]

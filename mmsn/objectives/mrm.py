@@ -1,4 +1,4 @@
-"""MRM-style masked record modelling with the EHR row as the record (RESEARCH.md section 3), on top of MAE.
+"""MRM-style masked record modelling with the EHR row as the record (docs/objectives.md), on top of MAE.
 
 MRM (RL4M/MRM-pytorch) reconstructs masked report tokens from the image: its BERT-style decoder adds
 the pooled visible image latent to every token embedding. Here the "report" is the EHR row: a fraction
@@ -16,16 +16,44 @@ second, larger copy of every image in the cache (4x the storage) for a benefit M
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from mmsn.config import Config, MRMConfig
+from mmsn.config import Config, require
+from mmsn.data.cache import Cache
+from mmsn.data.dataset import EHRTargets, record_targets
+from mmsn.data.source import EHRColumn
+from mmsn.errors import ConfigError
 from mmsn.objectives.base import Batch, DataShape, LossOutput, full_precision
 from mmsn.objectives.mae import MAE
+from mmsn.objectives.spec import ObjectiveSpec
+from mmsn.preflight import check_features
+
+
+@dataclass(frozen=True)
+class MRMConfig:
+    """Masked record modelling on the EHR row (MRM with the EHR as the record): masked fields are predicted
+    from the pooled visible image tokens plus the visible fields; missing values are never targets."""
+
+    features: tuple[str, ...] = ("all",)  # the record's fields: EHR groups and/or columns
+    record_mask: float = 0.5  # fraction of the record's fields masked per image, in (0, 1] (MRM: 0.5)
+    record_weight: float = 1.0  # w in L = L_image + w * L_record (MRM: 1)
+    width: int = 64  # record decoder width
+    depth: int = 2  # record decoder blocks
+    heads: int = 4  # record decoder attention heads
+
+    def __post_init__(self) -> None:
+        require(len(self.features) > 0, "mrm.features", "name at least one EHR field")
+        require(0 < self.record_mask <= 1, "mrm.record_mask", f"{self.record_mask} not in (0, 1]")
+        require(0 <= self.record_weight <= 100, "mrm.record_weight", "must be in [0, 100]")
+        require(self.width >= 8 and self.width % self.heads == 0, "mrm.width",
+                 "must be >= 8 and a multiple of mrm.heads")
+        require(self.depth >= 1 and self.heads >= 1, "mrm.depth", "must be >= 1")
 
 
 def mask_fields(targets: Tensor, fraction: float, generator: torch.Generator | None) -> Tensor:
@@ -42,18 +70,22 @@ def record_loss(logits: list[Tensor], targets: Tensor, masked: Tensor, classes: 
     """Mean over scored fields (masked and known) of CE (categorical) or squared error (continuous).
 
     logits: one (B, c_k) or (B, 1) tensor per field; targets (B, F) float, NaN = missing (category codes as
-    floats); masked (B, F) bool. 0 when nothing is scored (every masked field missing)."""
+    floats); masked (B, F) bool. 0 when nothing is scored (every masked field missing).
+    Unscored rows are weighted 0, not left out: every field's head stays in the graph whatever the batch
+    holds (DDP with find_unused_parameters=False needs a gradient for every parameter at every step), and
+    nothing is read on the host."""
     total = targets.new_zeros(())
     count = targets.new_zeros(())
     for k, (out, c) in enumerate(zip(logits, classes)):
         scored = masked[:, k] & ~torch.isnan(targets[:, k])  # (B,)
-        if not bool(scored.any()):
-            continue
+        weight = scored.to(out.dtype)
+        value = torch.where(scored, targets[:, k], torch.zeros_like(targets[:, k]))  # a valid target everywhere
         if c > 0:
-            total = total + F.cross_entropy(out[scored], targets[scored, k].long(), reduction="sum")
+            per_row = F.cross_entropy(out, value.long(), reduction="none")  # (B,)
         else:
-            total = total + ((out[scored, 0] - targets[scored, k]) ** 2).sum()
-        count = count + scored.sum()
+            per_row = (out[:, 0] - value) ** 2
+        total = total + (per_row * weight).sum()
+        count = count + weight.sum()
     return total / count.clamp(min=1.0)
 
 
@@ -120,4 +152,22 @@ class MRMEHR(MAE):
         return LossOutput(loss, {"image": image_loss, "record": rec})
 
 
-__all__ = ["MRMEHR", "RecordDecoder", "mask_fields", "record_loss"]
+def _record(cfg: Config, cache: Cache) -> EHRTargets:
+    return record_targets(cache, cfg.mrm.features, key="mrm.features")
+
+
+def _check(cfg: Config, columns: Sequence[EHRColumn]) -> None:
+    if not columns:
+        raise ConfigError("objective.name: mrm_ehr needs EHR columns, and this dataset's caches have none")
+    check_features("mrm.features", cfg.mrm.features, columns)
+
+
+def _describe(cfg: Config) -> list[str]:
+    return [f"record:{'+'.join(cfg.mrm.features)}"]
+
+
+SPEC = ObjectiveSpec(name="mrm_ehr", build=MRMEHR, section="mrm", config=MRMConfig, reads=("mae",),
+                     ehr_targets=_record, check=_check, describe=_describe,
+                     ehr_free={"objective.name": "mae"})  # MAE is mrm_ehr without its record target
+
+__all__ = ["MRMConfig", "MRMEHR", "RecordDecoder", "SPEC", "mask_fields", "record_loss"]

@@ -4,26 +4,47 @@ Composition follows dino's ``MultiCropWrapper`` and lightly's MSN heads: the anc
 ``ViTEncoder`` -> (``EHREmbed``, ``Fusion``) -> ``ProjectionHead``; the target branch is an EMA copy
 of the encoder and head (and of the EHR encoder and fusion when ``fusion.in_target``) that never
 receives gradients. Prototypes are learnable, shared by both branches and never EMA'd. The loss
-is ``mmsn.losses.MSNLoss`` on ``(anchor_out, target_out, prototypes)``; RESEARCH.md section 1.
+is ``mmsn.losses.MSNLoss`` on ``(anchor_out, target_out, prototypes)``; docs/method.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from mmsn.config import Config, EHRConfig, MaskConfig, ModelConfig, MSNConfig, ViewsConfig
+from mmsn.config import Config, EHRConfig, MaskConfig, ModelConfig, ViewsConfig, require
 from mmsn.losses import MSNLoss
 from mmsn.models.backbone import ViTEncoder, random_token_mask
 from mmsn.models.heads import ProjectionHead, init_prototypes
-from mmsn.objectives.base import Batch, DataShape, FusedOnline, LossOutput, ema_update, frozen_copy, full_precision
+from mmsn.objectives.base import Batch, DataShape, EMATargetBranch, LossOutput, full_precision
+from mmsn.objectives.spec import ObjectiveSpec
 from mmsn.schedules import ema_momentum
 from mmsn.views import MultiCropViews
 
 
-class MultimodalMSN(FusedOnline):
+@dataclass(frozen=True)
+class MSNConfig:
+    """MSN (docs/method.md, The loss): lightly's MSNLoss arguments and the EMA of the target branch."""
+
+    temperature: float = 0.1  # anchor softmax temperature
+    target_temperature: float = 0.25  # sharpening temperature of target probabilities
+    sinkhorn_iterations: int = 3  # 0 disables Sinkhorn balancing
+    me_max_weight: float = 1.0  # weight of the mean-entropy-maximisation term
+    ema_start: float = 0.996  # EMA momentum of the target encoder at step 0
+    ema_end: float = 1.0  # EMA momentum at the last step (linear)
+
+    def __post_init__(self) -> None:
+        require(self.temperature > 0, "msn.temperature", "must be > 0")
+        require(self.target_temperature > 0, "msn.target_temperature", "must be > 0")
+        require(self.sinkhorn_iterations >= 0, "msn.sinkhorn_iterations", "must be >= 0")
+        require(0 <= self.me_max_weight <= 100, "msn.me_max_weight", "must be in [0, 100]")
+        require(0 <= self.ema_start <= self.ema_end <= 1, "msn.ema_start", "need 0 <= ema_start <= ema_end <= 1")
+
+
+class MultimodalMSN(EMATargetBranch):
     """MSN with EHR fused into the anchor branch (CXR-EHR-MSN) or per ``EHRConfig.fusion``.
 
     Args:
@@ -33,6 +54,8 @@ class MultimodalMSN(FusedOnline):
     """
 
     part_names: tuple[str, ...] = ("cross_entropy", "me_max")
+    target_encoder: ViTEncoder  # the EMA target branch (EMATargetBranch.build_target)
+    target_head: ProjectionHead
 
     def __init__(self, model: ModelConfig, mask: MaskConfig, ehr: EHRConfig, ehr_width: int,
                  img_size: int, msn: MSNConfig | None = None, views: ViewsConfig | None = None) -> None:
@@ -46,24 +69,11 @@ class MultimodalMSN(FusedOnline):
         self.prototypes = init_prototypes(model.n_prototypes, model.head_out)  # (K, D)
         self.loss_fn = MSNLoss(self.msn.temperature, self.msn.sinkhorn_iterations, self.msn.me_max_weight)
 
-        self.target_encoder = frozen_copy(self.encoder)
-        self.target_head = frozen_copy(self.head)
-        fuse_target = self.ehr_embed is not None and self.fusion.in_target
-        self.target_ehr_embed = frozen_copy(self.ehr_embed) if fuse_target and self.ehr_embed is not None else None
-        self.target_fusion = frozen_copy(self.fusion) if fuse_target else None
+        self.build_target()  # prototypes are not part of it: shared by both branches, never EMA'd
 
     @classmethod
     def from_config(cls, cfg: Config, data: DataShape) -> MultimodalMSN:
         return cls(cfg.model, cfg.mask, cfg.ehr, data.ehr_width, cfg.views.size, cfg.msn, cfg.views)
-
-    def _pairs(self) -> Iterator[tuple[nn.Module, nn.Module]]:
-        """(anchor module, its EMA target) pairs; prototypes are deliberately absent."""
-        yield self.encoder, self.target_encoder
-        yield self.head, self.target_head
-        if self.target_ehr_embed is not None and self.ehr_embed is not None:
-            yield self.ehr_embed, self.target_ehr_embed
-        if self.target_fusion is not None:
-            yield self.fusion, self.target_fusion
 
     def _anchor_features(self, x: Tensor, e: Tensor | None, masked: bool,
                          generator: torch.Generator | None) -> Tensor:
@@ -103,18 +113,8 @@ class MultimodalMSN(FusedOnline):
             e_focal = e.repeat(n_focal, 1) if e is not None else None  # (B*F, E)
             feats.append(self._anchor_features(focals, e_focal, self.mask.focal, generator))  # (B*F, d)
         with torch.no_grad():
-            target_feats = self._target_features(target, ehr)  # (B, d)
+            target_feats = self.target_features(target, ehr)  # (B, d)
         return torch.cat(feats), target_feats
-
-    def _target_features(self, x: Tensor, ehr: Tensor | None) -> Tensor:
-        """Unmasked EMA branch: (B, 1, S, S) -> (B, d); fuses EHR only when ``fusion.in_target``."""
-        if self.target_ehr_embed is None or self.target_fusion is None:
-            return self.target_encoder(x)  # type: ignore[no-any-return]
-        if ehr is None:
-            raise ValueError("the target branch fuses EHR (fusion.in_target) but ehr=None")
-        e = self.target_ehr_embed(ehr.to(self.prototypes.dtype))
-        h = self.target_encoder(x, None, self.target_fusion.extra_tokens(e))
-        return self.target_fusion(h, e)  # type: ignore[no-any-return]
 
     def schedules(self, step: int, total_steps: int, steps_per_epoch: int) -> dict[str, float]:
         return {"ema": ema_momentum(step, total_steps, self.msn.ema_start, self.msn.ema_end)}
@@ -135,18 +135,16 @@ class MultimodalMSN(FusedOnline):
     def after_step(self, schedules: Mapping[str, float]) -> None:
         self.update_target(schedules["ema"])
 
-    def update_target(self, momentum: float) -> None:
-        """EMA step: target = momentum * target + (1 - momentum) * anchor, for every branch pair."""
-        ema_update(self._pairs(), momentum)
-
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
         """Evaluation features: the target encoder's CLS (B, d) of images (B, 1, H, W); no EHR, head or mask."""
         return self.target_encoder(x)  # type: ignore[no-any-return]
 
     def eval_encoder(self) -> ViTEncoder:
-        """The EMA target encoder (MSN evaluates the target, RESEARCH.md section 2)."""
+        """The EMA target encoder (MSN evaluates the target, docs/method.md)."""
         return self.target_encoder
 
 
-__all__ = ["MultimodalMSN"]
+SPEC = ObjectiveSpec(name="msn", build=MultimodalMSN.from_config, section="msn", config=MSNConfig)
+
+__all__ = ["SPEC", "MSNConfig", "MultimodalMSN"]

@@ -1,5 +1,5 @@
 """EHR columns as pseudo-labels of supervised contrastive learning (OLIVES; Khosla et al. 2020), alone
-(``supcon_ehr``) or added to MSN (``msn_supcon``); RESEARCH.md section 3.
+(``supcon_ehr``) or added to MSN (``msn_supcon``); docs/objectives.md.
 
 The positives of an image are the other images of the (global) batch that share its pseudo-label:
 an EHR column's value (sex, view, a stay flag), its bin (age, by train-split quantiles or equal width)
@@ -12,18 +12,55 @@ pytorch-metric-learning's ``SupConLoss``). Patient ids are turned into integer c
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmsn.config import Config, SupConConfig
+from mmsn.config import Config, require
+from mmsn.data.cache import Cache
+from mmsn.data.dataset import EHRTargets, pseudo_label_targets
+from mmsn.data.source import EHRColumn
+from mmsn.errors import ConfigError
 from mmsn.losses import supcon_loss
 from mmsn.models.backbone import ViTEncoder
 from mmsn.objectives.base import Batch, DataShape, FusedOnline, LossOutput, full_precision
 from mmsn.objectives.msn import MultimodalMSN
+from mmsn.objectives.spec import ObjectiveSpec
 from mmsn.views import MultiCropViews
+
+
+@dataclass(frozen=True)
+class MSNSupConConfig:
+    """MSN + weight * SupCon on the anchor/target CLS features with EHR-defined positives."""
+
+    weight: float = 1.0  # lambda of the SupCon term
+
+    def __post_init__(self) -> None:
+        require(0 <= self.weight <= 100, "msn_supcon.weight", "must be in [0, 100]")
+
+
+@dataclass(frozen=True)
+class SupConConfig:
+    """Clinically labelled supervised contrastive learning (OLIVES): EHR columns as pseudo-labels choose
+    the positives of SupCon (Khosla et al. 2020); several columns add up as a weighted sum of SupCon terms."""
+
+    labels: tuple[str, ...] = ("sex", "age")  # EHR columns (age binned, sex, view, stay flags) or "patient"
+    weights: tuple[float, ...] = ()  # one per label; empty = 1 each (OLIVES: an unweighted sum)
+    bins: int = 4  # bins of a continuous column (age)
+    binning: str = "quantile"  # quantile (train-split quantiles) | width (equal width)
+    temperature: float = 0.07  # SupCon temperature (Khosla et al., OLIVES: 0.07)
+
+    def __post_init__(self) -> None:
+        require(len(self.labels) > 0, "supcon.labels", "name at least one pseudo-label column")
+        require(not self.weights or len(self.weights) == len(self.labels), "supcon.weights",
+                 f"give one weight per label ({len(self.labels)}) or none")
+        require(all(0 <= w <= 100 for w in self.weights), "supcon.weights", "must be in [0, 100]")
+        require(self.bins >= 2, "supcon.bins", f"{self.bins}: a binning needs at least 2 bins")
+        require(self.binning in ("quantile", "width"), "supcon.binning", "quantile | width")
+        require(0 < self.temperature <= 10, "supcon.temperature", "must be in (0, 10]")
 
 
 def projector(dim: int, hidden: int, out: int) -> nn.Module:
@@ -101,4 +138,35 @@ class MSNSupCon(MultimodalMSN):
         return LossOutput(msn.loss + self.weight * con, {**msn.parts, "supcon": con})
 
 
-__all__ = ["MSNSupCon", "SupConEHR", "projector", "weighted_supcon"]
+PSEUDO_LABEL_SPECIAL = ("patient", "image")  # pseudo-labels that are not EHR columns (OLIVES; SimCLR)
+
+
+def _pseudo_labels(cfg: Config, cache: Cache) -> EHRTargets:
+    s = cfg.supcon
+    return pseudo_label_targets(cache, s.labels, s.weights, s.bins, s.binning, key="supcon.labels")
+
+
+def _check(cfg: Config, columns: Sequence[EHRColumn]) -> None:
+    known = [c.name for c in columns]
+    for label in cfg.supcon.labels:
+        if label not in known and label not in PSEUDO_LABEL_SPECIAL:
+            raise ConfigError(f"supcon.labels: unknown pseudo-label {label!r}; valid: "
+                              f"{', '.join([*known, *PSEUDO_LABEL_SPECIAL])}")
+
+
+def _describe(cfg: Config) -> list[str]:
+    """SupCon's ``image`` label (each image its own class) uses no EHR."""
+    labels = [label for label in cfg.supcon.labels if label != "image"]
+    return [f"labels:{'+'.join(labels)}"] if labels else []
+
+
+_TARGETS = {"ehr_targets": _pseudo_labels, "check": _check, "describe": _describe}
+# Without EHR: supcon_ehr with each image its own class is SimCLR's positive rule; msn_supcon is MSN.
+SPEC = ObjectiveSpec(name="supcon_ehr", build=SupConEHR, section="supcon", config=SupConConfig,
+                     ehr_free={"supcon.labels": ["image"]}, **_TARGETS)  # type: ignore[arg-type]
+SPEC_MSN = ObjectiveSpec(name="msn_supcon", build=MSNSupCon.from_config, section="msn_supcon",
+                         config=MSNSupConConfig, reads=("msn", "supcon"), ehr_free={"objective.name": "msn"},
+                         **_TARGETS)  # type: ignore[arg-type]
+
+__all__ = ["PSEUDO_LABEL_SPECIAL", "SPEC", "SPEC_MSN", "MSNSupCon", "MSNSupConConfig", "SupConConfig", "SupConEHR",
+           "projector", "weighted_supcon"]

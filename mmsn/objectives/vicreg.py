@@ -11,16 +11,38 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from mmsn.config import Config, VICRegConfig
+from mmsn.config import Config, require
 from mmsn.losses import vicreg_loss
 from mmsn.models.backbone import ViTEncoder
 from mmsn.models.heads import Expander
 from mmsn.objectives.base import Batch, DataShape, FusedOnline, LossOutput, full_precision
+from mmsn.objectives.spec import ObjectiveSpec
 from mmsn.views import MultiCropViews
+
+
+@dataclass(frozen=True)
+class VICRegConfig:
+    """VICReg (Bardes et al. 2022) on two views; the expander is model.head_hidden wide, 3 layers, and
+    outputs model.head_out (paper: 8192 / 8192)."""
+
+    sim_weight: float = 25.0  # invariance (MSE) weight (paper: 25)
+    var_weight: float = 25.0  # variance hinge weight (paper: 25)
+    cov_weight: float = 1.0  # covariance weight (paper: 1)
+    eps: float = 1e-4  # inside the sqrt of the variance
+
+    _section: ClassVar[str] = "vicreg"  # where error messages point (MLVICX reuses these checks)
+
+    def __post_init__(self) -> None:
+        prefix = self._section
+        for key in ("sim_weight", "var_weight", "cov_weight"):
+            require(0 <= getattr(self, key) <= 1000, f"{prefix}.{key}", "must be in [0, 1000]")
+        require(0 < self.eps < 1, f"{prefix}.eps", "must be in (0, 1)")
 
 
 class VICReg(FusedOnline):
@@ -62,4 +84,6 @@ class VICReg(FusedOnline):
         return self.encoder
 
 
-__all__ = ["VICReg"]
+SPEC = ObjectiveSpec(name="vicreg", build=VICReg, section="vicreg", config=VICRegConfig)
+
+__all__ = ["SPEC", "VICRegConfig", "VICReg"]
