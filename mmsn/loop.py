@@ -72,12 +72,15 @@ def log_scalars(writer: SummaryWriter | None, prefix: str, scalars: dict[str, An
                 writer.add_scalar(f"{prefix}/{key}", value, step)
 
 
-def log_probe(writer: SummaryWriter | None, result: dict[str, Any], epoch: int) -> None:
-    """``probe/val_macro_auroc`` and ``probe_label/<finding>`` of a JSON probe result."""
+def log_probe(writer: SummaryWriter | None, probes: dict[str, Any], epoch: int) -> None:
+    """``probe/val_macro_auroc`` and ``probe_label/<finding>`` (val), and ``probe/test_macro_auroc`` when the
+    test split was scored, of a milestone's JSON probe results."""
     if writer is None:
         return
-    writer.add_scalar("probe/val_macro_auroc", result["macro_auroc"], epoch)
-    for name, entry in result["per_label"].items():
+    for split in ("val", "test"):
+        if split in probes and probes[split]["macro_auroc"] is not None:
+            writer.add_scalar(f"probe/{split}_macro_auroc", probes[split]["macro_auroc"], epoch)
+    for name, entry in probes["val"]["per_label"].items():
         if entry["auroc"] is not None:
             writer.add_scalar(f"probe_label/{name}", entry["auroc"], epoch)
 
@@ -183,7 +186,7 @@ def train(run: Run, until: int, cache: Cache, milestones: Milestones, reporter: 
         if milestone and reporter is not None:
             protocol = milestones.protocol if run.epoch in milestones.protocol_epochs else None
             probes = probe_splits(run, cache, milestones.test, protocol)
-            log_probe(writer, probes["val"], run.epoch)
+            log_probe(writer, probes, run.epoch)
             metrics["val_auroc"] = probes["val"]["macro_auroc"]
             if log is not None:
                 log(milestone_line(run.epoch, probes["val"]))

@@ -4,7 +4,7 @@
 #             the runtime dependencies only
 # quickstart  setup, then run the main job (the quickstart sweep) on the embedded synthetic default
 # test        setup plus the dev extra (test references, pytest, ruff, mypy), then ruff, mypy and the
-#             test suite (extra args go to pytest)
+#             test suite (extra args go to pytest instead of the default two passes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,7 +38,14 @@ case "$cmd" in
         setup dev
         echo "== ruff"; ruff check .
         echo "== mypy"; mypy
-        python -m pytest -q "$@"
+        if [ $# -gt 0 ]; then
+            python -m pytest -q "$@"
+        else
+            # The tests without Ray in parallel on the machine's cores, then the Ray sweeps one at a time
+            # (each starts its own local Ray sized for the machine).
+            python -m pytest -q -n auto -m "not slow"
+            python -m pytest -q -m slow
+        fi
         ;;
     *) echo "usage: bash scripts/run.sh {setup|quickstart|test} [args...]" >&2; exit 2 ;;
 esac

@@ -527,6 +527,12 @@ def check_scheduler(space: Space) -> None:
                          "arm (seeds x grid repeats) would be ranked as if they were different arms: use "
                          "scheduler.type halving (synchronous successive halving of arms by their mean over "
                          "seeds) or fifo")
+    population = space.expected_trials() if search.algorithm == "grid" else search.num_samples
+    if sched.type == "pbt" and sched.synch and (population or 0) > space.resources.max_concurrent_trials:
+        raise _err(path, f"scheduler.synch: synchronous PBT compares all {population} trials at each milestone, "
+                         f"but resources.max_concurrent_trials {space.resources.max_concurrent_trials} keeps the "
+                         "others from starting while the first wait: raise max_concurrent_trials to the population "
+                         "(trials that do not fit wait in PENDING) or set synch: false")
     if sched.type == "halving":
         if search.algorithm != "grid":
             raise _err(path, "scheduler.type halving ranks the arms of a grid (every arm reaches a rung before "

@@ -27,9 +27,12 @@ def ray_cli() -> str:
     return str(Path(sys.executable).with_name("ray"))
 
 
-def check_pbt(experiment: Path, out: str) -> None:
-    """Synchronous PBT (the pbt.yaml smoke corner): at each milestone both trials have reported, so the
-    worse one exploits the better one. PBT's own record (pbt_global.txt) says which trial cloned which."""
+def check_pbt(experiment: Path, out: str, marker: Path) -> None:
+    """Synchronous PBT (the pbt.yaml smoke corner, trials of two Ray Train workers): at each milestone both
+    trials have reported, so the worse one exploits the better one. PBT's own record (pbt_global.txt) says
+    which trial cloned which. Synchronous PBT pauses every trial at the milestone: each restarts from its
+    Tune checkpoint (the donor's, for the clone) in a fresh Train run. One worker died once after epoch 2
+    (``marker``): Ray Train restarted that worker group from the trial's newest state."""
     trials = [p for p in experiment.iterdir() if p.name.startswith("msn_trial")]
     assert len(trials) == 2
     exploits = [json.loads(line) for line in (experiment / "pbt_global.txt").read_text().splitlines() if line]
@@ -40,6 +43,15 @@ def check_pbt(experiment: Path, out: str) -> None:
         epochs = [json.loads(line)["epoch"] for line in (t / "result.json").read_text().splitlines() if line]
         assert epochs[-1] == 2 and epochs == sorted(set(epochs)), epochs
         assert list(t.glob("probes/epoch_002.json"))
+        # Tune's copy of its last milestone; none when it cloned its donor at the last milestone (its state is
+        # the donor's checkpoint then, and nothing was left to train)
+        assert len(list(t.rglob("checkpoint.pt"))) <= 1
+    # rank 0's TensorBoard writer of each Train run: one to the first milestone, one after the restart from
+    # the Tune checkpoint (none after the last milestone: nothing is left to train), one more for the group
+    # restarted after the kill
+    assert marker.exists()
+    writers = sorted(len(list((t / "tb").glob("events.out.tfevents.*[0-9]"))) for t in trials)
+    assert writers == [2, 3], writers
     assert not list((experiment / "train_runs").iterdir())  # each trial's own states went as it finished
 
 
@@ -64,12 +76,22 @@ def test_ray_job_submit_on_a_two_cpu_head_runs_a_smoke_sweep_and_refuses_a_trial
                                  capture_output=True, text=True, timeout=240)
         assert refused.returncode != 0 and time.monotonic() - start_s < 90, refused.stdout[-2000:]
         assert "cannot fit" in refused.stdout and "training needs 2.05 CPUs" in refused.stdout, refused.stdout[-2000:]
-        # One sweep covers two checks (each costs minutes here): a shipped smoke corner through `ray job
-        # submit` on the 2-CPU head, and PBT cloning.
-        smoke = [*submit, "search_spaces/pbt.yaml", "--smoke", "--storage", str(tmp_path / "exp")]
+        # One sweep covers three checks (each costs minutes here): a shipped smoke corner through `ray job
+        # submit` on the 2-CPU head, PBT cloning, and trials of two Train workers paused and restarted.
+        pbt = tmp_path / "pbt.yaml"
+        raw = yaml.safe_load((ROOT / "search_spaces" / "pbt.yaml").read_text())
+        # synchronous PBT needs the whole population live: the second trial waits in PENDING for CPUs
+        raw["smoke"]["resources"] = {"workers": 2, "cpus_per_worker": 0.95, "gpus_per_worker": 0,
+                                     "max_concurrent_trials": 2}
+        pbt.write_text(yaml.safe_dump(raw))
+        marker = tmp_path / "killed.txt"
+        # rank 1 of the first Train run to finish epoch 2 (the last milestone) dies once, after rank 0 saved it
+        kill = json.dumps({"env_vars": {"MMSN_TEST_KILL_WORKER": f"1:2:{marker}"}})
+        smoke = [*submit[:-4], "--runtime-env-json", kill, *submit[-4:], str(pbt), "--smoke", "--storage",
+                 str(tmp_path / "exp")]
         done = subprocess.run(smoke, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert "succeeded" in done.stdout
-        check_pbt(tmp_path / "exp" / "pbt-smoke", done.stdout)
+        check_pbt(tmp_path / "exp" / "pbt-smoke", done.stdout, marker)
     finally:
         subprocess.run([ray_cli(), "stop", "--force"], env=env, capture_output=True, timeout=120)

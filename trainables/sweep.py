@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import random
@@ -120,10 +121,12 @@ def start_ray(space: Space, address: str | None, verbose: bool = False) -> None:
 
     if ray.is_initialized():  # an embedding program (or a test) already connected
         return
+    quiet(verbose)
     # Under `ray job submit` the job's driver finds its cluster through RAY_ADDRESS.
     address = address or os.environ.get("RAY_ADDRESS")
+    logging_level = logging.INFO if verbose else logging.ERROR  # Ray's own start-up lines
     if address:
-        ray.init(address=address, log_to_driver=verbose)
+        ray.init(address=address, log_to_driver=verbose, logging_level=logging_level)
     else:
         from trainables.orphans import reap_orphaned_agents
 
@@ -132,31 +135,27 @@ def start_ray(space: Space, address: str | None, verbose: bool = False) -> None:
             print(f"removed {len(reaped)} Ray agent process(es) left by a killed sweep (pid {pids})", flush=True)
         # "local" always starts a new instance: a plain ray.init() joins the cluster named in
         # /tmp/ray/ray_current_cluster, even a dead one left by a killed `ray start`, and then rejects num_cpus.
-        ray.init(address="local", num_cpus=local_cpus(space), include_dashboard=True, dashboard_host="127.0.0.1",
-                 log_to_driver=verbose)
+        context = ray.init(address="local", num_cpus=local_cpus(space), include_dashboard=True,
+                           dashboard_host="127.0.0.1", log_to_driver=verbose, logging_level=logging_level)
+        print(f"local Ray: {local_cpus(space)} CPUs, dashboard http://{context.dashboard_url}", flush=True)
     if not verbose:
         print("Ray worker and Train output: /tmp/ray/session_latest/logs on the head node "
               "(--verbose shows it here)", flush=True)
 
 
-def milestone_logger(space: Space) -> Any:
-    """A Tune callback printing one line per trial milestone (the console's own record of progress), named
-    by the trial's arm (its EHR use and the setting of the other searched keys) and seed."""
-    from ray.tune import Callback
-
-    class MilestoneLine(Callback):  # type: ignore[misc]
-        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            try:
-                arm = f"{space.arm(dict(trial.config)).name} seed {trial.config.get('train.seed', '?')}"
-            except (MMSNError, KeyError, TypeError):  # the console line never fails a sweep
-                arm = str(result.get("variant", "?"))
-            print(f"[{trial.trial_id}] {arm}: epoch {result.get('epoch')} "
-                  f"val AUROC {result.get('val_auroc', float('nan')):.4f} "
-                  f"(trial {result.get('trial_seconds', 0):.0f} s so far: {result.get('train_seconds', 0):.0f} s "
-                  f"epochs, {result.get('probe_seconds', 0):.0f} s probes)",
-                  flush=True)
-
-    return MilestoneLine()
+def quiet(verbose: bool) -> None:
+    """Tune's own console off (mmsn's is trainables.console) unless ``verbose``."""
+    if verbose:
+        return
+    # Each milestone report carries a checkpoint and CheckpointConfig(num_to_keep=1) keeps one, so Tune forces
+    # an experiment snapshot at every milestone by design, and warns that it "may become a bottleneck" when
+    # milestones come seconds apart (smoke runs): 0 turns that warning off, not the snapshots.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's newer console prints its experiment box and a TensorBoard hint into Ray's temp dir whatever the
+    # verbosity; its classic reporter at verbose=0 prints nothing
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("ray.tune").setLevel(logging.ERROR)
+    logging.getLogger("ray.train").setLevel(logging.ERROR)
 
 
 def prune_checkpoints(trial_dir: Path, kept: str | None) -> None:
@@ -190,9 +189,11 @@ def train_runs_cleanup(experiment: Path) -> Any:
     return TrainRunsCleanup()
 
 
-def make_tuner(space: Space, experiment: Path, cache: Path, resume: bool, protocol: Protocol | None = None) -> Any:
+def make_tuner(space: Space, experiment: Path, cache: Path, resume: bool, protocol: Protocol | None = None,
+               verbose: bool = False) -> Any:
     from ray import tune
 
+    from trainables.console import Console
     from trainables.resources import DRIVER_CPUS
     from trainables.trial import msn_trial
 
@@ -215,13 +216,17 @@ def make_tuner(space: Space, experiment: Path, cache: Path, resume: bool, protoc
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(search_alg=search, scheduler=build_scheduler(space, experiment, search),
                                     num_samples=num_samples,
-                                    max_concurrent_trials=space.resources.max_concurrent_trials,
+                                    # A one-worker trial's process serves the next trial (no new Python with
+                                    # torch to start: ~9 s a trial here). A several-worker trial's Train run
+                                    # lives in a thread of its actor, which must go with the trial.
+                                    reuse_actors=alone,
                                     time_budget_s=space.budget.time_budget_s or None),
         run_config=tune.RunConfig(name=experiment.name, storage_path=str(experiment.parent),
-                                  failure_config=tune.FailureConfig(max_failures=retries), verbose=1,
+                                  failure_config=tune.FailureConfig(max_failures=retries),
+                                  verbose=1 if verbose else 0,  # mmsn's own console (trainables.console)
                                   # the latest milestone's checkpoint serves --resume and a PBT exploit
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                  callbacks=[milestone_logger(space), train_runs_cleanup(experiment)]),
+                                  callbacks=[Console(space), train_runs_cleanup(experiment)]),
     )
 
 
@@ -277,8 +282,11 @@ def run_space(space: Space, experiment: Path, smoke: bool = False, resume: bool 
     cache = ensure_cache(space, storage)
     protocol = prepare_protocol(space, storage, cache)
     if not resume:
+        from trainables.hparams import write_experiment
+
         record_sweep(space, experiment, cache, smoke, protocol)
-    results = make_tuner(space, experiment, cache, resume, protocol).fit()
+        write_experiment(experiment, space)
+    results = make_tuner(space, experiment, cache, resume, protocol, verbose).fit()
     from trainables.summary import print_summary
 
     print_summary(results, space, experiment)

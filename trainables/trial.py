@@ -127,6 +127,7 @@ def msn_trial(config: dict[str, Any], space: Space, cache: str, experiment: str,
     """Tune function trainable. ``config`` holds the sampled params, flat dotted keys (``optim.lr``);
     ``protocol`` the evaluation protocol (mmsn.protocol.Protocol as a dict) or None."""
     from trainables.arms import record_arm
+    from trainables.hparams import write_session
 
     context = ray.tune.get_context()
     trial_id = context.get_trial_id()
@@ -138,12 +139,16 @@ def msn_trial(config: dict[str, Any], space: Space, cache: str, experiment: str,
     params = dict(config)
     cfg = space.config(params, checked=False)  # every trial's config was checked when the space loaded
     arm = record_arm(space, params, cfg, trial_dir)
+    write_session(trial_dir / "tb", space, params)
     start = _start(space, state)
     res = space.resources
     reports = Reports(state, trial_dir, {"variant": arm["variant"], "arm": arm["arm"]},
                       res.workers * res.gpus_per_worker)
+    epoch = int(run_info(start).get("epoch", 0))
     if space.scheduler.type != "pbt":  # a PBT restart is a clone or a retry from a milestone Tune logged
-        reports.replay(start, awaiting_rung(experiment, space, trial_id, int(run_info(start).get("epoch", 0))))
+        reports.replay(start, awaiting_rung(experiment, space, trial_id, epoch))
+    if epoch >= space.epochs:  # paused (or cloned) at its last milestone: nothing left to train
+        return
     job = TrialJob(cfg, cache, str(state.own), str(trial_dir / "tb"),
                    milestones(space, Protocol.from_dict(protocol) if protocol else None), time.time(),
                    str(start) if start is not None else None)
