@@ -1,61 +1,109 @@
 #!/usr/bin/env bash
-# The prepared GPU check (one H100/H200, <= 8 min): the paper-scale training step (ViT-S/16, 224 px +
-# 10 x 96 px views, batch 128, bf16) with and without torch.compile (MFU; goal >= 45 %), the step time of
-# every objective at that scale, and, when ray and optuna import (carry their wheels), a 1-GPU sweep.
+# The prepared GPU check: a user's epoch on one accelerator, in one call of at most 8 minutes.
 #
-#   bash benchmarks/gpu_check.sh [OUT_DIR]        # figures as JSON + a log in OUT_DIR (default: gpu_check)
+#   bash benchmarks/gpu_check.sh [--smoke] [OUT_DIR]     # figures as JSON + a log in OUT_DIR (default gpu_check)
 #
-# Needs torch with CUDA and timm (the device image has them); lightly only for the reference rows
-# (skipped with a NOTE when missing). Every step has its own time limit so one slow step cannot eat the rest.
+# Steps (each with its own time limit, 460 s in all):
+#   epoch       ViT-S/16 MSN at 224 px + 10 x 96 px views in bf16, fed by the real loader from a cache on
+#               disk: img/s, peak memory and MFU at batch 64 and 256, eager and compiled; the largest batch
+#               that fits; every objective's step; the probe on 50k x 384 features (benchmarks/gpu_epoch.py)
+#   lightly     the same MSN step composed from lightly's parts, for the ratio (only when lightly imports)
+#   sweep       a 2-trial 1-GPU sweep through Ray Tune (only when ray, optuna and torchxrayvision import:
+#               carry their wheels)
+# --smoke runs every step at tiny sizes on the CPU (what CI and a reviewer without a GPU can run, < 3 min).
+# Needs torch, timm, numpy, pandas, pyarrow and pyyaml: a missing one is named on one line and nothing runs.
+# Exit status: 0 when every step that ran passed; otherwise 1, with one line per failed step.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+SMOKE=0
+if [ "${1:-}" = "--smoke" ]; then SMOKE=1; shift; fi
 OUT=${1:-gpu_check}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD:$PWD/benchmarks
 LOG=$OUT/gpu_check.log
-SCALE=(--device cuda --precision bf16 --backbone vit_small_patch16_224 --size 224 --focal-size 96
-       --n-focal 10 --batch 128 --n-images 512 --no-probe)
+: >"$LOG"
+FAILED=()
 
-step() {  # step SECONDS NAME COMMAND...: run with a limit, log it, never stop the script
-    local limit=$1 name=$2
+have() { python -c "import $1" 2>/dev/null; }
+
+step() {  # step SECONDS NAME COMMAND...: run with a limit and log it; a failure is remembered, not fatal
+    local limit=$1 name=$2 status
     shift 2
     echo "=== $name ($(date -u +%H:%M:%S), limit ${limit}s)" | tee -a "$LOG"
     timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
-    echo "=== $name: exit ${PIPESTATUS[0]}" | tee -a "$LOG"
+    status=${PIPESTATUS[0]}
+    echo "=== $name: exit $status" | tee -a "$LOG"
+    if [ "$status" -ne 0 ]; then
+        local why="exit $status"
+        [ "$status" -eq 124 ] && why="over its ${limit} s limit"
+        FAILED+=("$name: $why (see $LOG)")
+    fi
 }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$LOG"
+missing=()
+for module in torch timm numpy pandas pyarrow yaml; do
+    have "$module" || missing+=("$module")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    for module in "${missing[@]}"; do echo "gpu_check: cannot import $module (required)" | tee -a "$LOG"; done
+    exit 1
+fi
 python -c "import torch, timm; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__)" \
     | tee -a "$LOG"
-step 120 "msn eager" python benchmarks/bench_msn.py "${SCALE[@]}" --steps 20 --json "$OUT/msn_eager.json"
-step 180 "msn compiled" python benchmarks/bench_msn.py "${SCALE[@]}" --steps 20 --compile --json "$OUT/msn_compile.json"
-for objective in vicreg mlvicx dino mae mrm_ehr supcon_ehr msn_supcon; do
-    step 60 "$objective eager" python benchmarks/bench_msn.py "${SCALE[@]}" --objective "$objective" --steps 10 \
-        --json "$OUT/step_$objective.json"
-done
-if python -c "import ray, optuna" 2>/dev/null; then
-    # ehr_ablation's question on the synthetic default at 96 px, 4 trials sharing the GPU (2 at a time)
-    cat >"$OUT/gpu_smoke.yaml" <<'YAML'
+
+if [ "$SMOKE" = 1 ]; then
+    step 120 "epoch" python benchmarks/gpu_epoch.py --smoke --compile --objectives --json "$OUT/epoch.json"
+    SCALE=(--device cpu --precision fp32 --backbone vit_nano --size 32 --focal-size 16 --n-focal 2 --batch 8
+           --n-images 64 --no-probe --steps 2)
+else
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$LOG"
+    step 300 "epoch" python benchmarks/gpu_epoch.py --batches 64,256 --steps 20 --compile --largest --objectives \
+        --json "$OUT/epoch.json"
+    SCALE=(--device cuda --precision bf16 --backbone vit_small_patch16_224 --size 224 --focal-size 96
+           --n-focal 10 --batch 128 --n-images 512 --no-probe --steps 20)
+fi
+
+if have lightly; then
+    step 60 "lightly" python benchmarks/bench_msn.py "${SCALE[@]}" --json "$OUT/lightly.json"
+else
+    echo "gpu_check: lightly not importable: the step composed from lightly's parts is skipped" | tee -a "$LOG"
+fi
+
+if have ray && have optuna && have torchxrayvision; then
+    if [ "$SMOKE" = 1 ]; then
+        SET="{views.size: 32, views.focal_size: 16, views.n_focal: 2, model.backbone: vit_nano, model.head_hidden: 64,
+              model.head_out: 32, model.n_prototypes: 32, train.batch_size: 16, train.max_steps_per_epoch: 2,
+              probe.bootstrap: 20}"
+        DATA="{dataset: synthetic, size: 32, n: 300, seed: 0, split: '0.6,0.2,0.2'}"
+        RES="{workers: 1, cpus_per_worker: 1, max_concurrent_trials: 1}"
+    else
+        SET="{views.size: 96, views.focal_size: 48, views.n_focal: 4, model.backbone: vit_tiny_patch16_224,
+              train.batch_size: 64, train.num_workers: 2, probe.bootstrap: 200}"
+        DATA="{dataset: synthetic, size: 96, n: 2000, seed: 0, split: '0.6,0.2,0.2'}"
+        RES="{workers: 1, cpus_per_worker: 4, gpus_per_worker: 0.5, max_concurrent_trials: 2}"
+    fi
+    cat >"$OUT/gpu_smoke.yaml" <<YAML
 name: gpu_smoke
-description: The GPU path end to end - Ray Train on CUDA, bf16, milestone probes on the GPU, analysis.
-base:
-  config: vit_small_gpu
-  set: {views.size: 96, views.focal_size: 48, views.n_focal: 4, model.backbone: vit_tiny_patch16_224,
-        train.batch_size: 64, train.num_workers: 2, probe.bootstrap: 200}
-data: {dataset: synthetic, size: 96, n: 2000, seed: 0, split: "0.6,0.2,0.2"}
+description: The GPU path end to end - trials on half a GPU each, bf16, milestone probes on the GPU, analysis.
+base: {config: vit_small_gpu, set: $SET}
+data: $DATA
 axes:
   ehr.fusion: {grid: [none, concat_anchor]}
-seeds: [0, 1]
+seeds: [0]
 search: {algorithm: grid}
-scheduler: {type: asha, milestones: [2, 4], reduction_factor: 2}
-resources: {workers: 1, cpus_per_worker: 4, gpus_per_worker: 0.5, max_concurrent_trials: 2, probe_cpus: 2,
-            probe_gpus: 0.5}
+scheduler: {type: fifo, milestones: [1, 2]}
+resources: $RES
 YAML
     export RAY_AUTH_MODE=token
-    step 300 "1-GPU sweep" python -m trainables.sweep "$OUT/gpu_smoke.yaml" --storage "$OUT/sweeps"
+    step 100 "sweep" python -m trainables.sweep "$OUT/gpu_smoke.yaml" --storage "$OUT/sweeps"
     cp "$OUT"/sweeps/gpu_smoke/analysis/report.md "$OUT/gpu_smoke_report.md" 2>/dev/null
     rm -rf "$OUT/sweeps"  # only the report and the log come back
 else
-    echo "NOTE: ray or optuna not importable here: the 1-GPU smoke sweep is skipped" | tee -a "$LOG"
+    echo "gpu_check: ray, optuna or torchxrayvision not importable: the 1-GPU sweep is skipped" | tee -a "$LOG"
 fi
-echo "done: $(ls "$OUT")" | tee -a "$LOG"
+
+if [ ${#FAILED[@]} -gt 0 ]; then
+    for line in "${FAILED[@]}"; do echo "gpu_check: FAILED $line" | tee -a "$LOG"; done
+    exit 1
+fi
+echo "gpu_check: done: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$LOG"

@@ -58,6 +58,7 @@ class ModelConfig:
     backbone: str = "vit_micro"  # timm ViT name (vit_tiny_patch16_224, vit_small_patch16_224) or vit_micro/vit_nano
     patch_size: int = 0  # 0: the backbone's own; otherwise override (e.g. 8 for 64 px inputs)
     drop_path: float = 0.0  # stochastic depth rate of the backbone
+    grad_checkpointing: bool = False  # recompute each block's activations in backward (memory for compute)
     head_hidden: int = 512  # head hidden width (MSN: 2048; DINO: 2048; VICReg/MLVICX expander: 8192/4096)
     head_out: int = 128  # head output: MSN prototype dim (256); DINO bottleneck (256); VICReg output (8192)
     n_prototypes: int = 256  # K: MSN's learnable prototypes (1024); DINO's output dim (CXR-EHR-MSN: 1024)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from mmsn.config import Config, objective_spec, to_dict
@@ -35,6 +35,23 @@ Log = Callable[[str], None]
 
 class NonFiniteLossError(MMSNError):
     """The loss became NaN/inf: the run stops instead of training on garbage."""
+
+
+class NonFiniteGuard:
+    """The non-finite check of a lazily read run, kept on the device: the first step whose (all-reduced)
+    loss was not finite, and that loss. ``found_inf`` is what the fused optimiser skips an update on."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.first = torch.full((), -1.0, device=device)  # the first bad step since the last read; -1: none
+        self.loss = torch.zeros((), device=device)
+
+    def step(self, step: int, loss: Tensor) -> Tensor:
+        """Record this step's loss (a device scalar); returns found_inf (1.0 when it is not finite)."""
+        bad = ~torch.isfinite(loss)
+        new = bad & (self.first < 0)
+        self.first = torch.where(new, torch.full_like(self.first, float(step)), self.first)
+        self.loss = torch.where(new, loss.detach().float(), self.loss)
+        return bad.float()
 
 
 @dataclass
@@ -54,6 +71,11 @@ class Run:
     world_size: int = 1
     step: int = 0  # optimiser steps taken
     epoch: int = 0  # epochs completed
+    # Losses stay on the device and are read on the host only when logged (one sync per train.log_every
+    # steps); a non-finite loss is decided on the device, its update skipped by the fused optimiser, and raised
+    # at the next read. On CUDA; on the CPU a read costs nothing and every step is checked before its update.
+    lazy: bool = False
+    guard: NonFiniteGuard | None = None
 
     @property
     def total_steps(self) -> int:
@@ -97,10 +119,12 @@ def compile_blocks(module: nn.Module, backend: str = "inductor") -> int:
 
 
 def build_run(cfg: Config, cache: Cache, device: torch.device | None = None, rank: int = 0,
-              world_size: int = 1, wrap: Callable[[nn.Module], nn.Module] | None = None) -> Run:
+              world_size: int = 1, wrap: Callable[[nn.Module], nn.Module] | None = None,
+              lazy: bool | None = None) -> Run:
     """Build the objective and the optimiser for ``cfg`` on ``cache``'s train split.
 
-    ``wrap`` (e.g. Ray Train's ``prepare_model``) turns the objective into its DDP wrapper.
+    ``wrap`` (e.g. Ray Train's ``prepare_model``) turns the objective into its DDP wrapper; ``lazy`` (default:
+    on CUDA) reads losses on the host only when logged (``Run.lazy``).
     """
     device = device or resolve_device(cfg)
     torch.manual_seed(cfg.train.seed)  # same init on every worker, before DDP broadcasts anyway
@@ -112,12 +136,15 @@ def build_run(cfg: Config, cache: Cache, device: torch.device | None = None, ran
     if cfg.train.compile:
         compile_blocks(objective)
     net = wrap(objective) if wrap is not None else objective
+    lazy = device.type == "cuda" if lazy is None else lazy
+    # fused: one kernel per parameter group on CUDA, and the only AdamW that can skip a step on a device flag
     optimizer = torch.optim.AdamW(objective.param_groups(cfg.optim.weight_decay), lr=cfg.optim.start_lr,
-                                  betas=cfg.optim.betas)
+                                  betas=cfg.optim.betas, fused=lazy)
     return Run(cfg=cfg, objective=objective, net=net, optimizer=optimizer, ehr_encoder=encoder,
                train_set=train_set, device=device,
                amp_dtype=resolve_amp(cfg, device), rank=rank, world_size=world_size,
-               steps_per_epoch=steps_per_epoch(cfg, len(train_set), world_size))
+               steps_per_epoch=steps_per_epoch(cfg, len(train_set), world_size), lazy=lazy,
+               guard=NonFiniteGuard(device) if lazy else None)
 
 
 def make_loader(run: Run, epoch: int) -> DataLoader:
@@ -145,80 +172,119 @@ def apply_schedules(run: Run) -> dict[str, float]:
     return {"lr": lr, "weight_decay": wd, **run.objective.schedules(run.step, total, run.steps_per_epoch)}
 
 
+def _step_seed(run: Run, stream: int) -> int:
+    return int(np.random.SeedSequence([run.cfg.train.seed, run.step, run.rank, stream]).generate_state(1)[0])
+
+
 def step_generator(run: Run) -> torch.Generator:
     """Views and masks of step s on worker r come from (seed, s, r) alone: resume needs no replay."""
-    seed = int(np.random.SeedSequence([run.cfg.train.seed, run.step, run.rank]).generate_state(1)[0])
-    return torch.Generator(device=run.device).manual_seed(seed)
+    return torch.Generator(device=run.device).manual_seed(_step_seed(run, 0))
+
+
+Scalars = dict[str, Tensor | float]  # a step's logged values: device scalars (lazy runs) or floats
 
 
 def train_step(run: Run, batch: Batch) -> dict[str, float]:
     """One optimiser step on a batch (uint8 images (B,H,W), EHR (B,w), ...); returns the logged scalars:
-    ``loss``, the objective's parts, ``grad_norm`` and the schedule values."""
+    ``loss``, the objective's parts, ``grad_norm`` and the schedule values, read on the host."""
+    return read_scalars(run, step(run, batch))
+
+
+def step(run: Run, batch: Batch) -> Scalars:
+    """One optimiser step, reading nothing on the host when the run is lazy (see ``Run.lazy``)."""
     sched = apply_schedules(run)
     gen = step_generator(run)
+    # The global RNG (drop-path, dropout) from (seed, step, rank) too: it differs by rank, and a resumed or
+    # retried run draws what the uninterrupted one drew.
+    torch.manual_seed(_step_seed(run, 1))
     batch = batch.to(run.device)
     with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
         out = run.net(batch, gen, sched)
     run.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
-    # Read the loss only after backward is queued (one host sync per step, at its end), but before the
-    # optimiser step, so a NaN never reaches the weights.
     loss = _global_mean(out.loss)
-    parts = {k: float(v.item()) for k, v in out.parts.items()}
-    if not math.isfinite(loss):
-        detail = ", ".join(f"{k} {v:.4g}" for k, v in parts.items())
-        raise NonFiniteLossError(f"step {run.step}: loss is {loss} ({detail}{', ' if detail else ''}"
-                                 f"lr {sched['lr']:.3g}); lower optim.lr or check the data")
+    if run.guard is not None:
+        run.optimizer.found_inf = run.guard.step(run.step, loss)  # type: ignore[attr-defined]  # fused AdamW reads it
+    else:  # read now, before the optimiser step, so a NaN never reaches the weights
+        _raise_if_not_finite(run.step, float(loss), {k: float(v.detach()) for k, v in out.parts.items()}, sched)
     run.objective.before_optimizer_step(sched)
     grad_norm = _clip(run)
     run.optimizer.step()
     run.objective.after_step(sched)
     run.step += 1
-    return {"loss": loss, **parts, "grad_norm": grad_norm, **sched}
+    return {"loss": loss, **{k: v.detach() for k, v in out.parts.items()}, "grad_norm": grad_norm, **sched}
 
 
-def _global_mean(loss: torch.Tensor) -> float:
-    """The loss averaged over DDP workers. A NaN/inf on any rank poisons the sum, so every rank
-    raises NonFiniteLossError at the same step instead of one rank leaving the others in a collective."""
+def read_scalars(run: Run, scalars: Scalars) -> dict[str, float]:
+    """The scalars on the host, in one device-to-host copy; a lazy run raises NonFiniteLossError here for a
+    step since the last read whose loss was not finite (its update was skipped)."""
+    keys = [k for k, v in scalars.items() if isinstance(v, Tensor)]
+    tensors = [scalars[k].float() for k in keys]  # type: ignore[union-attr]
+    if run.guard is not None:
+        tensors += [run.guard.first, run.guard.loss]
+    values = torch.stack(tensors).tolist() if tensors else []
+    host = {k: float(v) for k, v in scalars.items() if not isinstance(v, Tensor)}
+    host.update(zip(keys, values))
+    if run.guard is not None and values[-2] >= 0:
+        _raise_if_not_finite(int(values[-2]), values[-1], {}, {"lr": float("nan")})
+    return host
+
+
+def _raise_if_not_finite(step: int, loss: float, parts: dict[str, float], sched: dict[str, float]) -> None:
+    if math.isfinite(loss):
+        return
+    detail = ", ".join(f"{k} {v:.4g}" for k, v in parts.items())
+    lr = f"lr {sched['lr']:.3g}" if math.isfinite(sched["lr"]) else "its update skipped"
+    raise NonFiniteLossError(f"step {step}: loss is {loss} ({detail}{', ' if detail else ''}{lr}); "
+                             "lower optim.lr or check the data")
+
+
+def _global_mean(loss: Tensor) -> Tensor:
+    """The loss averaged over DDP workers, on the device. A NaN/inf on any rank poisons the sum, so every
+    rank sees it at the same step instead of one rank leaving the others in a collective."""
     value = loss.detach().clone()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(value)
         value /= torch.distributed.get_world_size()
-    return float(value.item())
+    return value
 
 
-def _clip(run: Run) -> float:
+def _clip(run: Run) -> Tensor:
     params = [p for g in run.optimizer.param_groups for p in g["params"] if p.grad is not None]
     max_norm = run.cfg.optim.clip_grad if run.cfg.optim.clip_grad > 0 else float("inf")
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    return torch.nn.utils.clip_grad_norm_(params, max_norm).detach()
 
 
 def train_epoch(run: Run, log: Log | None = None,
                 on_step: Callable[[dict[str, float]], None] | None = None) -> dict[str, float]:
-    """Train ``run.epoch``; returns mean loss parts and images/s. ``on_step`` sees every step's scalars."""
+    """Train ``run.epoch``; returns mean loss parts and images/s. ``on_step`` sees the scalars of every
+    ``train.log_every``-th step and the epoch's last (the steps a lazy run reads on the host)."""
     run.net.train()
     loader = make_loader(run, run.epoch)
-    sums: dict[str, float] = {}
+    sums: Scalars = {}
     start, n_images = time.perf_counter(), 0
     averaged = ("loss", *run.objective.part_names)
+    n_steps = max(1, min(len(loader), run.steps_per_epoch))
     for k, item in enumerate(loader):
         if k >= run.steps_per_epoch:
             break
         batch = Batch(**item)
-        scalars = train_step(run, batch)
+        scalars = step(run, batch)
         n_images += batch.size
-        scalars["images_per_s"] = n_images * run.world_size / (time.perf_counter() - start)
-        for key in averaged:
-            sums[key] = sums.get(key, 0.0) + scalars[key]
-        if on_step is not None:
-            on_step(scalars)
-        if log is not None and (run.step % run.cfg.train.log_every == 0 or k + 1 == run.steps_per_epoch):
-            log(progress_line(run, k + 1, scalars, time.perf_counter() - start))
+        for key in averaged:  # summed in float64, as the floats they are read as
+            value = scalars[key]
+            sums[key] = sums.get(key, 0.0) + (value.double() if isinstance(value, Tensor) else value)
+        if run.step % run.cfg.train.log_every == 0 or k + 1 == n_steps:
+            host = read_scalars(run, scalars)
+            host["images_per_s"] = n_images * run.world_size / (time.perf_counter() - start)
+            if on_step is not None:
+                on_step(host)
+            if log is not None:
+                log(progress_line(run, k + 1, host, time.perf_counter() - start))
     run.epoch += 1
-    steps = max(1, min(len(loader), run.steps_per_epoch))
     seconds = time.perf_counter() - start
-    return {**{k: v / steps for k, v in sums.items()}, "epoch_seconds": seconds,
-            "images_per_s": n_images * run.world_size / max(seconds, 1e-9)}
+    means = read_scalars(run, {k: v / n_steps for k, v in sums.items()})
+    return {**means, "epoch_seconds": seconds, "images_per_s": n_images * run.world_size / max(seconds, 1e-9)}
 
 
 def progress_line(run: Run, k: int, s: dict[str, float], elapsed: float) -> str:
@@ -240,8 +306,8 @@ def _duration(seconds: float) -> str:
 def state_dict(run: Run) -> dict[str, Any]:
     """Everything needed to resume bit for bit: weights, optimiser, counters, RNG states, config."""
     rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
+    if run.device.type == "cuda":  # the run's own GPU only: a resume may see fewer or other GPUs
+        rng["cuda"] = torch.cuda.get_rng_state(run.device)
     return {"model": run.objective.state_dict(), "optimizer": run.optimizer.state_dict(), "step": run.step,
             "epoch": run.epoch, "config": to_dict(run.cfg), "ehr_encoder": run.ehr_encoder.to_dict(), "rng": rng}
 
@@ -254,5 +320,8 @@ def load_state_dict(run: Run, state: dict[str, Any]) -> None:
     torch.set_rng_state(rng["torch"])
     np.random.set_state(rng["numpy"])
     random.setstate(rng["python"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    cuda = rng.get("cuda")
+    if isinstance(cuda, (list, tuple)):  # saved by an older version: every visible GPU's; the first was the run's
+        cuda = cuda[0] if cuda else None
+    if cuda is not None and run.device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, run.device)

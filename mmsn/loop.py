@@ -134,7 +134,7 @@ def probe_splits(run: Run, cache: Cache, test: bool = True, protocol: EvalProtoc
     encoder, cfg = run.objective.eval_encoder(), run.cfg
     splits = ("train", "val", "test") if test else ("train", "val")
     features = split_features(encoder, cache, cfg.probe, cfg.views.size, run.device, splits)
-    results = run_probe_splits(*features, cache.labels, cfg.probe, splits[1:], train_patients(cache))
+    results = run_probe_splits(*features, cache.labels, cfg.probe, splits[1:], train_patients(cache), run.device)
     out: dict[str, Any] = {split: result.to_json_dict() for split, result in results.items()}
     if test:
         out["test_scores"], out["test_targets"] = results["test"].scores, results["test"].targets

@@ -147,6 +147,10 @@ class Resources:
         _need(self.workers >= 1, "resources.workers", f"{self.workers}: need at least 1 Ray Train worker")
         _need(self.cpus_per_worker > 0, "resources.cpus_per_worker", "must be > 0")
         _need(self.gpus_per_worker >= 0, "resources.gpus_per_worker", "GPUs must be >= 0")
+        _need(self.workers == 1 or self.gpus_per_worker == 0 or self.gpus_per_worker >= 1,
+              "resources.gpus_per_worker", f"{self.gpus_per_worker:g} with resources.workers {self.workers}: DDP "
+              "(NCCL) needs a whole GPU per worker; give each worker 1 GPU, or run 1 worker per trial on a "
+              "fraction")
         _need(self.max_concurrent_trials >= 1, "resources.max_concurrent_trials", "must be >= 1")
 
 

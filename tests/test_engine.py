@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,127 @@ def test_compiled_blocks_give_the_eager_step_and_the_same_state_dict(synthetic_c
     assert compiled == pytest.approx(eager, abs=1e-5)
     assert list(runs[0].objective.state_dict()) == list(runs[1].objective.state_dict())
     assert load_config(None, ["train.compile=true"]).train.compile
+
+
+# --- the GPU step, checked on the CPU (Run.lazy, per-rank RNG, CUDA RNG in checkpoints, checkpointing) ---
+
+class HostReads:
+    """Counts reads of tensor values on the host (what drains a GPU's queue) while active."""
+
+    METHODS = ("item", "tolist", "__bool__", "__float__", "__int__", "numpy")
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count, self.active = 0, False
+        for name in self.METHODS:
+            original = getattr(torch.Tensor, name)
+
+            def counted(tensor: torch.Tensor, *args: object, _original: object = original, **kwargs: object) -> object:
+                if self.active:
+                    self.count += 1
+                return _original(tensor, *args, **kwargs)  # type: ignore[operator]
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+def test_a_lazy_step_reads_nothing_and_skips_a_non_finite_update(synthetic_cache: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmsn.engine import read_scalars, step
+
+    cache = open_cache(synthetic_cache)
+    run = build_run(load_config(None, TINY_RUN), cache, lazy=True)
+    assert run.optimizer.defaults["fused"]  # the optimiser that skips a step on a device flag
+    reads = HostReads(monkeypatch)
+    batch = Batch(torch.from_numpy(cache.images[cache.rows("train")[:32]].copy()),
+                  torch.from_numpy(run.train_set.ehr[:32]))
+    reads.active = True
+    scalars = step(run, batch)
+    reads.active = False
+    assert reads.count == 0  # losses, parts and grad norm stay on the device
+    assert read_scalars(run, scalars)["loss"] > 0
+
+    diverging = build_run(load_config(None, TINY_RUN + ["msn.temperature=1e-30"]), cache, lazy=True)
+    trained = dict(diverging.objective.named_parameters())
+    before = {k: p.detach().clone() for k, p in trained.items() if p.requires_grad}
+    scalars = step(diverging, batch)  # not finite at step 0: decided on the device, not raised here
+    assert all(torch.equal(before[k], trained[k]) for k in before)  # the non-finite update was never applied
+    with pytest.raises(NonFiniteLossError, match="step 0: loss is (nan|inf) .its update skipped"):
+        read_scalars(diverging, scalars)
+
+
+def test_a_lazy_epoch_reads_the_host_once_per_log_interval(synthetic_cache: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import mmsn.engine as engine
+
+    run = build_run(load_config(None, TINY_RUN + ["train.log_every=2", "train.max_steps_per_epoch=5"]),
+                    open_cache(synthetic_cache), lazy=True)
+    reads = HostReads(monkeypatch)
+    original, logged = engine.step, []
+
+    def counted_step(run: engine.Run, batch: Batch) -> engine.Scalars:
+        reads.active = True
+        try:
+            return original(run, batch)
+        finally:
+            reads.active = False
+
+    monkeypatch.setattr(engine, "step", counted_step)
+    metrics = engine.train_epoch(run, on_step=logged.append)
+    assert reads.count == 0  # no step read anything: only the logged steps and the epoch's means do
+    assert [round(s["lr"], 12) for s in logged] and len(logged) == 3  # steps 2, 4 and the last (5)
+    assert metrics["loss"] > 0 and run.step == 5
+
+
+def test_global_rng_differs_by_rank_and_repeats_for_a_step(synthetic_cache: Path) -> None:
+    """Drop-path and dropout draw from the global RNG: seeded per (seed, step, rank), so ranks differ and a
+    resumed or retried step draws what the uninterrupted one drew."""
+    from mmsn.engine import step
+
+    cache = open_cache(synthetic_cache)
+    cfg = load_config(None, TINY_RUN + ["model.drop_path=0.3"])
+    draws = []
+    for rank in (0, 1, 0):
+        run = build_run(cfg, cache, rank=rank)
+        batch = Batch(torch.from_numpy(cache.images[cache.rows("train")[:32]].copy()),
+                      torch.from_numpy(run.train_set.ehr[:32]))
+        step(run, batch)
+        draws.append(torch.rand(4))  # where the step left the global stream
+    assert not torch.equal(draws[0], draws[1]) and torch.equal(draws[0], draws[2])
+
+
+def test_a_checkpoint_from_two_gpus_resumes_where_fewer_are_visible(synthetic_cache: Path) -> None:
+    from mmsn.engine import load_state_dict, state_dict
+
+    cache = open_cache(synthetic_cache)
+    run = build_run(load_config(None, TINY_RUN), cache)
+    saved = state_dict(run)
+    assert "cuda" not in saved["rng"]  # a CPU run saves no GPU's RNG
+    # as an older version wrote it on a 2-GPU node: every visible GPU's CUDA RNG state
+    gpu_state = torch.zeros(16, dtype=torch.uint8)
+    for cuda in ([gpu_state, gpu_state.clone()], gpu_state):
+        state = {**saved, "rng": {**saved["rng"], "cuda": cuda}}
+        resumed = build_run(load_config(None, TINY_RUN), cache)
+        load_state_dict(resumed, state)  # on a run without a GPU: the GPU states are not needed
+        assert resumed.step == run.step
+
+
+def counted(forward: Callable[..., torch.Tensor], counts: list[int], i: int, *args: object) -> torch.Tensor:
+    counts[i] += 1
+    return forward(*args)
+
+
+def test_grad_checkpointing_recomputes_every_block_in_backward(synthetic_cache: Path) -> None:
+    cache = open_cache(synthetic_cache)
+    calls = {}
+    for checkpointing in (False, True):
+        run = build_run(load_config(None, TINY_RUN + [f"model.grad_checkpointing={str(checkpointing).lower()}"]),
+                        cache)
+        blocks = run.objective.encoder.vit.blocks
+        counts = [0] * len(blocks)
+        for i, block in enumerate(blocks):  # counts every run of the block's forward, recomputation included
+            block.forward = functools.partial(counted, block.forward, counts, i)
+        batch = Batch(torch.from_numpy(cache.images[cache.rows("train")[:32]].copy()),
+                      torch.from_numpy(run.train_set.ehr[:32]))
+        train_step(run, batch)
+        calls[checkpointing] = counts
+    # one forward per online view batch (anchor, focal) without; each again in backward with checkpointing
+    assert calls[True] == [2 * c for c in calls[False]] and min(calls[False]) > 0

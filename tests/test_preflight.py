@@ -37,6 +37,9 @@ TYPOS = [
     ({"data": {"dataset": "synthetik"}}, r"data.dataset: unknown dataset 'synthetik'"),
     ({"base": {"config": "quickstart", "set": {"objective.name": "supcon_ehr", "supcon.labels": ["sex", "bmi"]}}},
      r"supcon.labels: unknown pseudo-label 'bmi'"),
+    # several workers on a fraction of a GPU each: NCCL refuses two ranks on one GPU
+    ({"resources": {"workers": 2, "gpus_per_worker": 0.5}},
+     r"resources.gpus_per_worker: 0.5 with resources.workers 2: DDP \(NCCL\) needs a whole GPU per worker"),
 ]
 
 
@@ -84,3 +87,10 @@ def test_every_shipped_smoke_corner_fits_a_two_cpu_head(path: Path) -> None:
     from trainables.resources import Node, unmet
 
     assert unmet(load_space(path, smoke=True).resources, [Node(2.0, 0.0)]) == []
+
+
+def test_a_fractional_trial_is_capped_to_its_share_of_gpu_memory() -> None:
+    from trainables.worker import memory_cap
+
+    assert memory_cap(0.25) == 0.25 and memory_cap(1.0) is None and memory_cap(2.0) is None
+    assert memory_cap(0.0) is None  # a CPU trial

@@ -141,6 +141,17 @@ def test_probe_separates_separable_and_not_noise() -> None:
     assert abs(macro_auroc(yv, noisy.predict(noise["val"]))[0] - 0.5) < 0.1
 
 
+def test_float32_probe_on_a_gpu_gives_the_float64_result_within_1e_3() -> None:
+    """On a GPU the fit runs in float32 (fit_linear_probe's default there); the same on the CPU here."""
+    x, y = _separable(3000, 96, 14, seed=0, noise=6.0)
+    xv, yv = _separable(800, 96, 14, seed=1, noise=6.0)
+    xt, yt = _separable(800, 96, 14, seed=2, noise=6.0)
+    single = fit_linear_probe(x, y, xv, yv, ProbeConfig().l2_grid, dtype=torch.float32)
+    double = fit_linear_probe(x, y, xv, yv, ProbeConfig().l2_grid)
+    assert 0.6 < macro_auroc(yt, double.predict(xt))[0] < 0.99  # a problem with room either way
+    assert abs(macro_auroc(yt, single.predict(xt))[0] - macro_auroc(yt, double.predict(xt))[0]) < 1e-3
+
+
 def test_single_class_train_label_gives_finite_constant_scores() -> None:
     x, y = _separable(300, 8, 3, seed=0)
     y[:, 1] = 0

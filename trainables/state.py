@@ -46,6 +46,11 @@ def logged_epochs(logged: Path) -> set[int]:
     return seen
 
 
+def is_milestone_state(state: Path, epoch: int) -> bool:
+    """Whether a state directory holds milestone ``epoch``'s probe results."""
+    return (state / "probes" / f"epoch_{epoch:03d}.json").is_file()
+
+
 def replace_dir(source: Path, target: Path) -> None:
     """``source`` (a directory on the same file system) becomes ``target``; a reader never sees half of it."""
     old = target.with_name(f".{target.name}.old")
@@ -146,5 +151,5 @@ class StateSink:
         self.forward(run.epoch)
 
 
-__all__ = ["LATEST", "MILESTONES", "NON_FINITE", "REPORTED", "StateSink", "TrialState", "newest", "own_dir",
-           "replace_dir"]
+__all__ = ["LATEST", "MILESTONES", "NON_FINITE", "REPORTED", "StateSink", "TrialState", "is_milestone_state",
+           "logged_epochs", "newest", "own_dir", "replace_dir"]

@@ -33,7 +33,7 @@ from mmsn.loop import Milestones, run_info
 from mmsn.protocol import Protocol
 from search_spaces.loader import Space
 from trainables.halving import awaiting_rung
-from trainables.state import TrialState, logged_epochs, own_dir
+from trainables.state import TrialState, is_milestone_state, logged_epochs, own_dir
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class TrialJob:
     milestones: Milestones
     trial_start: float  # when this invocation of the trial began (mmsn.loop.Clock)
     start: str | None = None  # the state to start from when the trial's own states are older
+    gpus: float = 0.0  # GPUs per worker (a fraction caps the process's share of its GPU's memory)
 
 
 class Reports:
@@ -84,8 +85,7 @@ class Reports:
             if int(metrics["epoch"]) < epoch:
                 ray.tune.report(metrics)
         # the milestone the trial restarts from, whether or not its report was kept before the interrupt
-        milestone = start is not None and (start / "probes" / f"epoch_{epoch:03d}.json").is_file()
-        if milestone and (awaiting or epoch not in logged_epochs(logged)):
+        if start is not None and is_milestone_state(start, epoch) and (awaiting or epoch not in logged_epochs(logged)):
             self.milestone(epoch, start, missing_only=True)
 
 
@@ -151,17 +151,17 @@ def msn_trial(config: dict[str, Any], space: Space, cache: str, experiment: str,
         return
     job = TrialJob(cfg, cache, str(state.own), str(trial_dir / "tb"),
                    milestones(space, Protocol.from_dict(protocol) if protocol else None), time.time(),
-                   str(start) if start is not None else None)
+                   str(start) if start is not None else None, res.gpus_per_worker)
     if res.workers == 1:
         from trainables.worker import train_in_process
 
         train_in_process(job, reports.milestone)
     else:
-        _train_workers(space, job, reports, trial_id)
+        _train_workers(space, job, reports, trial_id, epoch)
     state.raise_if_diverged()
 
 
-def _train_workers(space: Space, job: TrialJob, reports: Reports, trial_id: str) -> None:
+def _train_workers(space: Space, job: TrialJob, reports: Reports, trial_id: str, start_epoch: int) -> None:
     """One Ray Train run (DDP) to the last milestone; rank 0 sends each milestone's epoch through a queue and
     this process reports it. The last one is reported once the Train run has ended: a scheduler stops a
     trial that reaches its full length at once, and a Train run killed while it shuts down can leave its
@@ -183,12 +183,19 @@ def _train_workers(space: Space, job: TrialJob, reports: Reports, trial_id: str)
 
     worker = threading.Thread(target=fit, name="train-run", daemon=True)  # not joined when Tune stops the trial
     worker.start()
+    # a worker group sends the milestone it starts from (reported already: by the trial's replay, or before a
+    # pause or a clone) and a retried one sends its start again: report each epoch once. Within a Train run
+    # epochs only grow; a PBT clone may start before epochs it reported itself, and reports them again.
+    done = {start_epoch}
     last: int | None = None
     while worker.is_alive() or not queue.empty():
         try:
             epoch = int(queue.get(timeout=1.0))
         except Empty:
             continue
+        if epoch in done:
+            continue
+        done.add(epoch)
         if epoch == space.epochs:
             last = epoch
         else:

@@ -27,7 +27,7 @@ from mmsn.engine import NonFiniteLossError, Run, build_run, load_state_dict
 from mmsn.errors import MMSNError
 from mmsn.loop import Clock, run_info, train
 from search_spaces.loader import Space
-from trainables.state import TrialState
+from trainables.state import TrialState, is_milestone_state
 
 FAULT_ENV = "MMSN_TEST_KILL_WORKER"
 
@@ -44,23 +44,37 @@ def _maybe_die(run: Run, metrics: dict[str, Any]) -> None:
         os._exit(1)
 
 
-def assigned_device(requested: str) -> torch.device:
+def assigned_device(requested: str, fraction: float = 1.0) -> torch.device:
     """The device Ray assigned this process: a GPU only when the trial was given one (Ray 2.60 leaves every
-    GPU visible to a 0-GPU task), whatever ``train.device: auto`` would pick; ``cuda`` without one is an error."""
+    GPU visible to a 0-GPU task), whatever ``train.device: auto`` would pick; ``cuda`` without one is an
+    error. A trial given ``fraction`` < 1 of a GPU is capped to that share of its memory, so trials that
+    share a GPU cannot take each other's."""
     gpus = ray.get_gpu_ids()
     if requested == "cuda" and not gpus:
         raise MMSNError("train.device: cuda, but Ray assigned this trial no GPU; set resources.gpus_per_worker")
     if requested == "cpu" or not gpus:
         return torch.device("cpu")
-    return torch.device("cuda", 0)  # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPUs
+    device = torch.device("cuda", 0)  # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPUs
+    if memory_cap(fraction) is not None:
+        torch.cuda.set_per_process_memory_fraction(fraction, device)
+    return device
+
+
+def memory_cap(fraction: float) -> float | None:
+    """The share of its GPU's memory a process given ``fraction`` of a GPU may use (None: no cap)."""
+    return fraction if 0 < fraction < 1 else None
 
 
 def _run(job: Any, rank: int, world: int, device: torch.device, wrap: Callable[[Any], Any] | None,
-         forward: Callable[[int], None] | None) -> None:
+         forward: Callable[[int], None] | None, forward_start: bool = False) -> None:
     """Train ``job`` (trainables.trial.TrialJob) on this rank; rank 0 writes the states and ``forward`` (if any)
-    gets milestone epochs."""
+    gets milestone epochs; with ``forward_start``, also the epoch of a milestone state it starts from (a
+    worker group killed between writing a milestone and sending it: the trial skips what it reported)."""
     state = TrialState(Path(job.own))
     start = state.start(Path(job.start) if job.start else None)
+    epoch = int(run_info(start).get("epoch", 0))
+    if forward is not None and forward_start and start is not None and is_milestone_state(start, epoch):
+        forward(epoch)
     cache = open_cache(job.cache)
     run = build_run(job.cfg, cache, device, rank, world, wrap=wrap)
     if start is not None:
@@ -84,7 +98,7 @@ def _run(job: Any, rank: int, world: int, device: torch.device, wrap: Callable[[
 
 def train_in_process(job: Any, forward: Callable[[int], None]) -> None:
     """A one-worker trial: its own process trains, no Ray Train."""
-    _run(job, 0, 1, assigned_device(job.cfg.train.device), None, forward)
+    _run(job, 0, 1, assigned_device(job.cfg.train.device, job.gpus), None, forward)
 
 
 def train_worker(config: dict[str, Any]) -> None:
@@ -93,7 +107,7 @@ def train_worker(config: dict[str, Any]) -> None:
     rank = ctx.get_world_rank()
     queue = config["milestones"]  # a ray.util.queue.Queue to the trial, or None
     _run(config["job"], rank, ctx.get_world_size(), ray.train.torch.get_device(), ray.train.torch.prepare_model,
-         queue.put if rank == 0 and queue is not None else None)
+         queue.put if rank == 0 and queue is not None else None, forward_start=True)
 
 
 def trainer(space: Space, loop_config: dict[str, Any], name: str) -> Any:

@@ -21,6 +21,7 @@ from timm.layers import DropPath
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from mmsn.errors import ConfigError
 
@@ -187,13 +188,12 @@ class ViTEncoder(nn.Module):
         if not wanted <= set(range(len(self.vit.blocks))):
             raise ValueError(f"block indices {sorted(wanted)} outside 0..{len(self.vit.blocks) - 1}")
         outs: list[Tensor] = []
-        if wanted:
-            for i, block in enumerate(self.vit.blocks):
-                tokens = block(tokens)
-                if i in wanted:
-                    outs.append(tokens)
-        else:
-            tokens = self.vit.blocks(tokens)
+        # timm's set_grad_checkpointing only acts inside its own forward_features: honour it here, per block
+        recompute = bool(getattr(self.vit, "grad_checkpointing", False)) and torch.is_grad_enabled()
+        for i, block in enumerate(self.vit.blocks):
+            tokens = checkpoint(block, tokens, use_reentrant=False) if recompute else block(tokens)
+            if i in wanted:
+                outs.append(tokens)
         return self.vit.norm(tokens), outs
 
     def probe_features(self, x: Tensor, kind: str = "cls", last_blocks: int = 4) -> Tensor:

@@ -162,6 +162,7 @@ class FusedOnline(Objective):
     def build_online(self, model: ModelConfig, ehr: EHRConfig, img_size: int, ehr_width: int) -> None:
         """``img_size``: the global views' side (the position-embedding grid); ``ehr_width``: EHR columns."""
         self.encoder = ViTEncoder(create_vit(model.backbone, img_size, model.patch_size, model.drop_path))
+        self.encoder.vit.set_grad_checkpointing(model.grad_checkpointing)
         embed, fusion = build_fusion(ehr.fusion, self.encoder.embed_dim, ehr_width, ehr.embed_dim, ehr.hidden)
         self.ehr_embed = embed
         self.fusion = fusion
