@@ -167,18 +167,19 @@ def main(argv: Sequence[str] | None = None, extra: Sequence[Adder] = ()) -> int:
 
 
 def run_parser(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    """Parse and run ``args.func``; a user error prints one line and returns 2 (nothing half-written)."""
+    """Parse and run ``args.func`` (its return value, if any, is the exit status); a user error prints one line
+    and returns 2 (nothing half-written)."""
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except MMSNError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return int(code or 0)
 
 
 def standalone(prog: str, description: str, add_arguments: Callable[[argparse.ArgumentParser], None],
-               command: Callable[[argparse.Namespace], None], argv: Sequence[str] | None) -> int:
+               command: Callable[[argparse.Namespace], int | None], argv: Sequence[str] | None) -> int:
     """Run one command as its own program (``python -m trainables.sweep``, ``python -m analysis.cli``)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_arguments(parser)

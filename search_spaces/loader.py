@@ -131,9 +131,15 @@ class SearchSpec:
     # grid: "shuffled" (seeded by `seed`: an asynchronous scheduler sees strong and weak arms early, not the
     # file's first axis value first) or "given" (file order)
     order: str = "shuffled"
+    # optuna/random: where the Optuna study lives. None: a journal file in the experiment (Optuna's storage
+    # for shared file systems); or a database URL (postgresql://..., mysql://...) the cluster can reach.
+    storage: str | None = None
 
     def __post_init__(self) -> None:
         _need(self.num_samples >= 1, "search.num_samples", "must be >= 1")
+        _need(self.storage is None or "://" in self.storage, "search.storage",
+              f"{self.storage!r}: a database URL (e.g. postgresql://user@host/db), or leave it out for the journal "
+              "file in the experiment")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """A sweep's data: the primary cache and the evaluation protocol's caches, prepared once under
-``STORAGE/caches`` (no Ray here).
+``STORAGE/caches`` (as a Ray task on a worker node when Ray is up, with that node's CPUs; here otherwise).
 
 Each cache is named by its whole data spec (a hash), and a reused cache is checked against the spec it
 recorded. An evaluation dataset is prepared without the patients of the primary cache, so the encoder is
@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,22 +58,48 @@ def _prepared(out: Path, spec: dict[str, Any]) -> bool:
 def ensure_data(data: DataSpec, storage: Path, exclude_of: Path | None = None) -> Path:
     """The cache of ``data`` under ``STORAGE/caches``, prepared if it is not there yet (without the patients
     of the cache ``exclude_of``, if given)."""
-    from mmsn.data.prepare import prepare
-    from mmsn.data.registry import load_source
-    from mmsn.data.splits import parse_fractions
-
     spec = full_spec(data, exclude_of)
     out = cache_dir(storage, spec)
     if _prepared(out, spec):
         return out
-    split = "official" if data.split == "official" else parse_fractions(data.split)
-    source = load_source(data.dataset, Path(data.root) if data.root else None, data.seed)
     exclude = () if exclude_of is None else set(open_cache(exclude_of).table["patient_id"].astype(str))
-    print(f"preparing {data.dataset} cache ({data.n or 'all'} images at {data.size} px) -> {out}", flush=True)
-    prepare(source, out, size=data.size, seed=data.seed, split=split, n=data.n, overwrite=True,
-            exclude_patients=exclude)
+    import ray
+
+    cpus = preparation_cpus() if ray.is_initialized() else 1
+    where = "on a worker node" if ray.is_initialized() else "here"
+    print(f"preparing {data.dataset} cache ({data.n or 'all'} images at {data.size} px) with {cpus} "
+          f"process{'es' if cpus > 1 else ''} {where} -> {out}", flush=True)
+    start = time.time()
+    if ray.is_initialized():
+        ray.get(ray.remote(_prepare).options(num_cpus=cpus).remote(data, out, exclude, cpus))
+    else:
+        _prepare(data, out, exclude, cpus)
+    print(f"prepared {out.name} in {time.time() - start:.0f} s", flush=True)
     (out / DATA_SPEC).write_text(json.dumps(spec, indent=1) + "\n")
     return out
+
+
+def _prepare(data: DataSpec, out: Path, exclude: set[str] | tuple[()], workers: int) -> None:
+    """Decode and resize the images into the cache with ``workers`` processes (a Ray task on a worker node: the
+    cluster is idle before the first trial, and the images may sit on network storage)."""
+    from mmsn.data.prepare import prepare
+    from mmsn.data.registry import load_source
+    from mmsn.data.splits import parse_fractions
+
+    split = "official" if data.split == "official" else parse_fractions(data.split)
+    source = load_source(data.dataset, Path(data.root) if data.root else None, data.seed)
+    prepare(source, out, size=data.size, seed=data.seed, split=split, n=data.n, overwrite=True,
+            exclude_patients=exclude, workers=workers)
+
+
+MAX_PREPARE_CPUS = 16  # past this, reading the raw images from storage is what limits preparation
+
+
+def preparation_cpus() -> int:
+    """The CPUs of the connected cluster's largest node (at most MAX_PREPARE_CPUS), all free before trials."""
+    from trainables.resources import cluster_nodes
+
+    return max(1, min(MAX_PREPARE_CPUS, int(max((n.cpus for n in cluster_nodes()), default=1))))
 
 
 def ensure_cache(space: Space, storage: Path) -> Path:

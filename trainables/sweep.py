@@ -2,7 +2,8 @@
 
 Experiment layout (``STORAGE/NAME/``): Tune's own files and one directory per trial (``tb/`` events,
 ``probes/epoch_XXX.json`` with val and test probe results), ``sweep.json`` (how the sweep was started),
-``space.yaml`` (a copy of the space), ``optuna.db`` (the Optuna study, sqlite) and ``train_runs/``
+``space.yaml`` (a copy of the space), ``optuna.journal`` (the Optuna study, unless ``search.storage`` names a
+database) and ``train_runs/``
 (each running trial's own states, trainables.state).
 """
 
@@ -66,9 +67,24 @@ def build_search(space: Space, experiment: Path) -> tuple[Any, dict[str, Any], i
     points = [{k: encode_value(v) for k, v in p.items()} for p in space.search.points_to_evaluate]
     search = OptunaSearch(space=DefineByRun(space), metric=space.metric, mode=space.mode, sampler=sampler,
                           points_to_evaluate=points or None, study_name=space.name,
-                          storage=optuna.storages.RDBStorage(f"sqlite:///{experiment / 'optuna.db'}"))
+                          storage=optuna_storage(space, experiment))
     limited = ConcurrencyLimiter(search, max_concurrent=space.resources.max_concurrent_trials)
     return limited, {}, space.search.num_samples
+
+
+OPTUNA_JOURNAL = "optuna.journal"  # the Optuna study of an experiment, unless search.storage names a database
+
+
+def optuna_storage(space: Space, experiment: Path) -> Any:
+    """The study's storage: ``search.storage`` (a database URL), else a journal file in the experiment.
+    sqlite on a network file system is fragile with several writers; Optuna's journal file is its storage
+    meant for shared file systems (appends under a lock), so the default works on a cluster's storage."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    if space.search.storage:
+        return optuna.storages.RDBStorage(space.search.storage)
+    return optuna.storages.JournalStorage(JournalFileBackend(str(experiment / OPTUNA_JOURNAL)))
 
 
 class DefineByRun:
@@ -172,9 +188,9 @@ def prune_checkpoints(trial_dir: Path, kept: str | None) -> None:
 
 def train_runs_cleanup(experiment: Path) -> Any:
     """A Tune callback removing a trial's own state (``train_runs/<trial id>``: its states, the reports it
-    sent, its Train runs) once Tune is done with the trial: finished, stopped
-    by the scheduler, or failed for good (``--resume`` does not rerun failed trials). Only an unfinished
-    trial keeps it, for ``--resume``."""
+    sent, its Train runs) once the trial finished or the scheduler stopped it. An unfinished or failed trial
+    keeps it for ``--resume`` (which continues a trial the infrastructure stopped from its last state; one
+    that diverged finds its marker there and fails again at once)."""
     from ray.tune import Callback
 
     from trainables.state import own_dir
@@ -184,13 +200,14 @@ def train_runs_cleanup(experiment: Path) -> Any:
             shutil.rmtree(own_dir(experiment, trial.trial_id), ignore_errors=True)
             prune_checkpoints(Path(trial.path), trial.checkpoint.path if trial.checkpoint else None)
 
-        on_trial_error = on_trial_complete
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            prune_checkpoints(Path(trial.path), trial.checkpoint.path if trial.checkpoint else None)
 
     return TrainRunsCleanup()
 
 
 def make_tuner(space: Space, experiment: Path, cache: Path, resume: bool, protocol: Protocol | None = None,
-               verbose: bool = False) -> Any:
+               verbose: bool = False, callbacks: list[Any] | None = None) -> Any:
     from ray import tune
 
     from trainables.console import Console
@@ -209,8 +226,10 @@ def make_tuner(space: Space, experiment: Path, cache: Path, resume: bool, protoc
     if resume:
         if not tune.Tuner.can_restore(str(experiment)):
             raise MMSNError(f"--resume: {experiment} holds no Tune experiment to restore")
+        # errored trials too: one stopped by the infrastructure continues from its last state; one that failed
+        # on its own (a divergence) fails again at once from its marker, without training
         return tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=False)
+                                  resume_errored=True)
     search, param_space, num_samples = build_search(space, experiment)
     return tune.Tuner(
         trainable, param_space=param_space,
@@ -226,7 +245,7 @@ def make_tuner(space: Space, experiment: Path, cache: Path, resume: bool, protoc
                                   verbose=1 if verbose else 0,  # mmsn's own console (trainables.console)
                                   # the latest milestone's checkpoint serves --resume and a PBT exploit
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                  callbacks=[Console(space), train_runs_cleanup(experiment)]),
+                                  callbacks=[Console(space), train_runs_cleanup(experiment), *(callbacks or [])]),
     )
 
 
@@ -241,7 +260,7 @@ def record_sweep(space: Space, experiment: Path, cache: Path, smoke: bool, proto
 
 def run_sweep(space_path: Path, name: str | None = None, storage: Path = Path("experiments"),
               smoke: bool = False, resume: bool = False, address: str | None = None,
-              wait_for_resources: bool = False, verbose: bool = False) -> Path:
+              wait_for_resources: bool = False, verbose: bool = False) -> int:
     """Validate the space (before Ray starts), check one trial fits, prepare the cache, run or resume."""
     space = load_space(space_path, smoke=smoke)
     return run_space(space, storage.resolve() / (name or space.name + ("-smoke" if smoke else "")),
@@ -265,8 +284,9 @@ def check_resources(space: Space, wait: bool) -> None:
 
 
 def run_space(space: Space, experiment: Path, smoke: bool = False, resume: bool = False,
-              address: str | None = None, wait_for_resources: bool = False, verbose: bool = False) -> Path:
-    """Run (or resume) a loaded space as experiment ``experiment``; its parent holds the data caches."""
+              address: str | None = None, wait_for_resources: bool = False, verbose: bool = False) -> int:
+    """Run (or resume) a loaded space as experiment ``experiment`` (its parent holds the data caches); returns
+    the exit status (trainables.faults.outcome), its causes printed last."""
     storage = experiment.parent
     check_scheduler(space)
     for warning in [] if smoke else scheduler_warnings(space):  # a smoke corner is too short to mean anything
@@ -286,11 +306,44 @@ def run_space(space: Space, experiment: Path, smoke: bool = False, resume: bool 
 
         record_sweep(space, experiment, cache, smoke, protocol)
         write_experiment(experiment, space)
-    results = make_tuner(space, experiment, cache, resume, protocol, verbose).fit()
+    guard = storage_guard(space, storage)
+    results = make_tuner(space, experiment, cache, resume, protocol, verbose, [guard]).fit()
+    from trainables.faults import outcome
     from trainables.summary import print_summary
 
-    print_summary(results, space, experiment)
-    return experiment
+    ranked = print_summary(results, space, experiment, analyze_it=guard.full is None)
+    ended = outcome(results, guard, ranked)
+    for line in ended.lines:
+        print(line, flush=True)
+    return ended.code
+
+
+def storage_guard(space: Space, storage: Path) -> Any:
+    """The sweep's StorageGuard (trainables.faults), after a warning when the free space is below what its
+    concurrent trials will write at once (a trial holds up to 4 states: Tune's copy, its newest milestone,
+    its latest epoch and the one being written)."""
+    from trainables.faults import StorageGuard, mib
+
+    state = state_bytes(space)
+    concurrent = space.resources.max_concurrent_trials
+    guard = StorageGuard(storage, need=2 * state)
+    if (free := guard.free()) < 4 * state * concurrent:
+        print(f"WARNING: {storage}: {mib(free)} free, less than the {mib(4 * state * concurrent)} that "
+              f"{concurrent} concurrent trials write at once (4 states of about {mib(state)} each)", flush=True)
+    return guard
+
+
+def state_bytes(space: Space) -> int:
+    """About the size of one trial state on disk: the objective's weights, AdamW's two moments of its trained
+    parameters, and the image encoder's export, in float32 (built once on the CPU, random weights)."""
+    from mmsn.objectives import DataShape, build_objective
+
+    cfg = space.base
+    objective = build_objective(cfg, DataShape(ehr_width=32, record_classes=(2, 2, 0)))
+    weights = sum(p.numel() for p in objective.state_dict().values())
+    trained = sum(p.numel() for p in objective.parameters() if p.requires_grad)
+    encoder = sum(p.numel() for p in objective.eval_encoder().parameters())
+    return 4 * (weights + 2 * trained + encoder)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -306,9 +359,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="also show Ray worker and Ray Train output")
 
 
-def sweep_command(args: argparse.Namespace) -> None:
-    run_sweep(args.space, args.name, args.storage, args.smoke, args.resume, args.address, args.wait_for_resources,
-              args.verbose)
+def sweep_command(args: argparse.Namespace) -> int:
+    return run_sweep(args.space, args.name, args.storage, args.smoke, args.resume, args.address,
+                     args.wait_for_resources, args.verbose)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
