@@ -40,7 +40,7 @@ from analysis.report_text import (
     num,
     report_markdown,
 )
-from analysis.stats import REFERENCE, ScoreBank, build_bank, compare_arms, needed_scores
+from analysis.stats import EFFECT, REFERENCE, ScoreBank, build_bank, compare_arms, needed_scores
 from mmsn.errors import ConfigError
 
 METRICS = {"test_auroc": "test macro AUROC", "val_auroc": "val macro AUROC"}
@@ -175,11 +175,13 @@ def _write_atomically(out: Path, write: Callable[[Path], None]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _check_args(metric: str, n_boot: int) -> None:
+def _check_args(metric: str, n_boot: int, effect: float = EFFECT) -> None:
     if metric not in METRICS:
         raise ConfigError(f"--metric {metric!r}; valid: {', '.join(METRICS)}")
     if n_boot < 1:
         raise ConfigError(f"--n-boot {n_boot}: need at least 1 bootstrap draw (1000 recommended)")
+    if not 0 < effect < 1:
+        raise ConfigError(f"--effect {effect}: an AUROC difference in (0, 1), e.g. 0.02")
 
 
 def _status_counts(ranking: pd.DataFrame, ranked: pd.DataFrame) -> pd.DataFrame:
@@ -190,7 +192,7 @@ def _status_counts(ranking: pd.DataFrame, ranked: pd.DataFrame) -> pd.DataFrame:
         {"n_stopped_early": 0, "n_unfinished": 0}).astype({"n_stopped_early": int, "n_unfinished": int})
 
 
-VERSUS_COLUMNS = ("baseline", "diff", "diff_lo", "diff_hi", "p_holm", "verdict", "test_method")
+VERSUS_COLUMNS = ("baseline", "diff", "diff_lo", "diff_hi", "p_holm", "verdict", "mde", "test_method")
 
 
 def _side_by_side(ranking: pd.DataFrame, families: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -246,7 +248,8 @@ def _with_references(evals: pd.DataFrame, refs: list[TrialRecord],
 
 
 def _compare(records: list[TrialRecord], trials: pd.DataFrame, curves: pd.DataFrame, metric: str, baseline: str,
-             n_boot: int, seed: int, refs: list[TrialRecord]) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+             n_boot: int, seed: int, refs: list[TrialRecord],
+             effect: float = EFFECT) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """(ranking, per-label differences, notes): the statistics on the trials that can be ranked, the
     reference rows beside them. Besides each arm's baseline, each arm is tested against the raw-pixels
     and random-init references and, when the sweep compares objectives, against vanilla MSN: each
@@ -272,9 +275,10 @@ def _compare(records: list[TrialRecord], trials: pd.DataFrame, curves: pd.DataFr
         notes += more
     elif metric == "val_auroc":
         notes.append("val_auroc: per-image val scores are not saved, so the seed-level analysis is used")
-    ranking, per_label = compare_arms(evals, baseline_of, bank, label_columns, seed)
+    ranking, per_label = compare_arms(evals, baseline_of, bank, label_columns, seed, effect=effect)
     ranking.loc[ranking["arm"].isin(names), "verdict"] = REFERENCE
-    versus = {prefix: compare_arms(evals, of, bank, label_columns, seed)[0] for prefix, of in families.items() if of}
+    versus = {prefix: compare_arms(evals, of, bank, label_columns, seed, effect=effect)[0]
+              for prefix, of in families.items() if of}
     ranking = _side_by_side(_status_counts(ranking, ranked), versus)
     for prefix in versus:  # a reference is compared with nothing
         ranking.loc[ranking["arm"].isin(names), f"{prefix}verdict"] = "-"
@@ -282,7 +286,7 @@ def _compare(records: list[TrialRecord], trials: pd.DataFrame, curves: pd.DataFr
 
 
 def _protocol(info: ExperimentInfo, records: list[TrialRecord], trials: pd.DataFrame, metric: str,
-              baseline: str, n_boot: int, seed: int, compute: bool) -> ProtocolFindings | None:
+              baseline: str, n_boot: int, seed: int, compute: bool, effect: float = EFFECT) -> ProtocolFindings | None:
     """The evaluation protocol's rankings, one per (dataset, fraction), stacked, with each arm's spread
     over label draws (None when the sweep ran no protocol)."""
     evals = protocol.evaluations(info)
@@ -296,7 +300,7 @@ def _protocol(info: ExperimentInfo, records: list[TrialRecord], trials: pd.DataF
             continue
         refs = protocol.reference_records(info, ev, compute)
         ranking, _, more = _compare(v.records, v.trials, curves_from(v.records, v.trials), metric, baseline, n_boot,
-                                    seed, refs)
+                                    seed, refs, effect)
         parts.append(ranking.assign(eval_dataset=ev.dataset, label_fraction=ev.fraction))
         spreads.append(protocol.draw_spread(v).assign(eval_dataset=ev.dataset, label_fraction=ev.fraction))
         notes += [f"{ev.name}: {n}" for n in more]
@@ -336,24 +340,25 @@ def _write_all(tmp: Path, findings: Findings, curves: pd.DataFrame, metric: str)
 
 
 def analyze(experiment: Path, out: Path | None = None, metric: str = "test_auroc", baseline: str = EHR_FREE,
-            n_boot: int = 1000, seed: int = 0, references: bool = True) -> AnalysisResult:
+            n_boot: int = 1000, seed: int = 0, references: bool = True, effect: float = EFFECT) -> AnalysisResult:
     """Rank the experiment's EHR variants against ``baseline`` and write the report into ``out``
     (default ``EXPERIMENT_DIR/analysis``): report.md, ranking.csv, per_label.csv, trials.parquet
     and four PNGs. ``metric``: test_auroc (image+seed bootstrap where per-image scores exist) or
     val_auroc (seed level). ``references``: compute the reference rows (mmsn.references: random init, raw
     pixels, EHR only) into EXPERIMENT_DIR/references when the sweep's cache is here; they are shown
-    whenever they exist. Raises MMSNError subclasses for a bad directory or argument."""
-    _check_args(metric, n_boot)
+    whenever they exist. ``effect``: the difference each comparison's seed count is worked out for
+    (ranking.csv ``seeds_for_effect``). Raises MMSNError subclasses for a bad directory or argument."""
+    _check_args(metric, n_boot, effect)
     experiment = Path(experiment)
     info, records, trials, notes = load_records(experiment)
     curves = curves_from(records, trials)
     refs, ref_notes = _reference_records(info, references)
-    ranking, per_label, more = _compare(records, trials, curves, metric, baseline, n_boot, seed, refs)
-    found = _protocol(info, records, trials, metric, baseline, n_boot, seed, references)
+    ranking, per_label, more = _compare(records, trials, curves, metric, baseline, n_boot, seed, refs, effect)
+    found = _protocol(info, records, trials, metric, baseline, n_boot, seed, references, effect)
     more = ref_notes + more + list(found.notes if found else ())
     figures = {**FIGURES, **({"protocol": PROTOCOL_FIGURE} if found is not None else {})}
     findings = Findings(info, trials, ranking, per_label, tuple(notes + more), metric, METRICS[metric], baseline,
-                        n_boot, seed, figures, found)
+                        n_boot, seed, figures, found, effect)
     out = Path(out) if out is not None else experiment / "analysis"
     _write_atomically(out, lambda tmp: _write_all(tmp, findings, curves, metric))
     files = {**{k: out / v for k, v in figures.items()}, "ranking_csv": out / "ranking.csv",
@@ -371,7 +376,8 @@ def format_ranking(ranking: pd.DataFrame) -> str:
         "mean [95% CI]": [interval(*v) for v in zip(ranking["mean"], ranking["ci_lo"], ranking["ci_hi"])],
         "diff [95% CI]": [interval(*v, spec="+.4f") for v in zip(ranking["diff"], ranking["diff_lo"],
                                                                  ranking["diff_hi"])],
-        "p_holm": [num(p, ".3g") for p in ranking["p_holm"]], "verdict": ranking["verdict"]})
+        "p_holm": [num(p, ".3g") for p in ranking["p_holm"]], "verdict": ranking["verdict"],
+        "MDE": [num(m, ".3f") for m in ranking["mde"]]})
     if f"{VERSUS}verdict" in ranking:
         table["vs vanilla MSN [95% CI]"] = [interval(*v, spec="+.4f") for v in zip(
             ranking[f"{VERSUS}diff"], ranking[f"{VERSUS}diff_lo"], ranking[f"{VERSUS}diff_hi"])]

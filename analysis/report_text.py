@@ -57,6 +57,7 @@ class Findings:
     seed: int
     figures: dict[str, str]
     protocol: ProtocolFindings | None = None
+    effect: float = 0.02  # the difference the seed counts are worked out for (mmsn analyze --effect)
 
 
 def num(value: Any, spec: str = ".4f") -> str:
@@ -115,7 +116,10 @@ def _ranking(f: Findings) -> str:
         "epochs": r["epochs"],
         f"{f.metric_label} [95% CI]": [interval(*v) for v in zip(r["mean"], r["ci_lo"], r["ci_hi"])],
         "diff to baseline [95% CI]": [interval(*v, spec="+.4f") for v in zip(r["diff"], r["diff_lo"], r["diff_hi"])],
-        "p (Holm)": [num(p, ".3g") for p in r["p_holm"]], "verdict": r["verdict"],
+        "p (Holm)": [num(p, ".3g") for p in r["p_holm"]], "verdict": [power_verdict(v, m) for v, m in
+                                                                     zip(r["verdict"], r["mde"])],
+        "MDE (80 %)": [num(m, ".3f") for m in r["mde"]],
+        f"seeds for {f.effect:+.3f}": [seeds_text(k) for k in r["seeds_for_effect"]],
         "method": [m or c for m, c in zip(r["test_method"], r["ci_method"])]})
     clashes = contradictions(r)
     check = ("Ordering check: " + ("; ".join(clashes) if clashes else "each difference has the sign of the arm's "
@@ -124,7 +128,29 @@ def _ranking(f: Findings) -> str:
             f"{f.metric_label} over seeds at it; arms stopped earlier follow, sorted by their mean at the epoch they "
             f"reached (see *epochs*), so means taken at different epochs are never interleaved. Differences are to "
             f"{_baseline_words(f.baseline)}, paired at the latest milestone both reached. {check} {_agreement(f)}"
-            f"\n\n{md_table(table)}")
+            f"\n\n{md_table(table)}\n\n{POWER_NOTE}\n")
+
+
+def power_verdict(verdict: str, mde: float) -> str:
+    """A "no evidence" verdict says what the comparison could have found: "no evidence: below the detectable
+    effect of X" (its MDE at 80 % power)."""
+    if verdict == "no evidence" and isinstance(mde, float) and not math.isnan(mde):
+        return f"no evidence: below the detectable effect of {mde:.3f}"
+    return verdict
+
+
+def seeds_text(k: float) -> str:
+    if isinstance(k, float) and math.isnan(k):
+        return "- (one seed)"
+    return "more test images" if k == math.inf else str(int(k))
+
+
+POWER_NOTE = ("*MDE (80 %)*: the smallest true difference each comparison would detect with 80 % power at the "
+              "level Holm's first step holds it to (alpha over the number of comparisons), from the spread of its "
+              "paired bootstrap (images and seeds resampled): a verdict of *no evidence* means no difference of that "
+              "size or more, not no difference. *seeds for* the stated effect: the seeds per arm the comparison would "
+              "need to detect it (the seed part of the spread shrinks with more seeds; \"more test images\" when the "
+              "test set alone is too small).")
 
 
 def val_test_agreement(trials: pd.DataFrame) -> tuple[float, int]:

@@ -35,9 +35,11 @@ BASELINE, NO_BASELINE, INSUFFICIENT = "baseline", "no baseline", "insufficient d
 REFERENCE = "reference"  # a reference row (random init, raw pixels, EHR only): shown, not tested
 BETTER, WORSE, NO_EVIDENCE = "better", "worse", "no evidence"
 BOOTSTRAP, SEEDS = "bootstrap", "seeds"
+POWER = 0.8  # the power a minimum detectable effect is stated at
+EFFECT = 0.02  # the effect the seed count is worked out for (about CXR-EHR-MSN's gain of EHR over MSN)
 RANKING_COLUMNS = ["rank", "arm", "n_trials", "seeds", "epochs", "mean", "ci_lo", "ci_hi", "ci_method", "baseline",
-                   "diff", "diff_lo", "diff_hi", "p", "p_holm", "verdict", "test_method", "paired", "n_pairs",
-                   "compared_at_epoch", "full_length"]
+                   "diff", "diff_lo", "diff_hi", "p", "p_holm", "verdict", "mde", "seeds_for_effect", "test_method",
+                   "paired", "n_pairs", "compared_at_epoch", "full_length"]
 LABEL_COLUMNS = ["arm", "baseline", "label", "diff", "lo", "hi", "method"]
 
 # --- AUROC under image resamples ---------------------------------------------------------------
@@ -159,9 +161,10 @@ def pooled_mean(point: np.ndarray, boot: np.ndarray, rng: np.random.Generator,
 
 
 def difference(point_v: np.ndarray, point_b: np.ndarray, boot_v: np.ndarray, boot_b: np.ndarray,
-               rng: np.random.Generator, paired: bool = True,
-               alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Mean of a variant minus mean of its baseline, with CI and bootstrap p: (diff, lo, hi, p), each (...).
+               rng: np.random.Generator, paired: bool = True, alpha: float = ALPHA,
+               return_draws: bool = False) -> tuple[np.ndarray, ...]:
+    """Mean of a variant minus mean of its baseline, with CI and bootstrap p: (diff, lo, hi, p), each (...),
+    and the (B, ...) bootstrap draws of the difference when ``return_draws``.
 
     ``point_*`` (S, ...), ``boot_*`` (B, S, ...) on the same image resamples. ``paired``: row s of
     both is the same seed, and each draw resamples seeds once for both (mean of per-seed
@@ -179,7 +182,38 @@ def difference(point_v: np.ndarray, point_b: np.ndarray, boot_v: np.ndarray, boo
         warnings.simplefilter("ignore", RuntimeWarning)
         diff = (np.nanmean(point_v - point_b, axis=0) if paired
                 else np.nanmean(point_v, axis=0) - np.nanmean(point_b, axis=0))
-    return diff, lo, hi, bootstrap_p(draws)
+    return (diff, lo, hi, bootstrap_p(draws), draws) if return_draws else (diff, lo, hi, bootstrap_p(draws))
+
+
+@dataclass(frozen=True)
+class Spread:
+    """What a difference's precision is made of: its standard error (the bootstrap draws' sd, images and
+    seeds resampled), the image part of it (images resampled, the seeds kept), and the variance of a
+    per-seed difference (NaN with one seed); ``seeds``: the pairs (or the fewer side) it was measured on."""
+
+    se: float
+    se_images: float
+    seed_var: float
+    seeds: int
+
+
+def detectable_effect(se: float, level: float, power: float = POWER) -> float:
+    """The smallest true difference a two-sided test at ``level`` detects with ``power``, for a difference
+    whose estimate has standard error ``se`` (normal approximation: (z_{1-level/2} + z_power) x se; 2.80 se
+    at 0.05 and 80 %)."""
+    return float((sps.norm.ppf(1 - level / 2) + sps.norm.ppf(power)) * se)
+
+
+def seeds_for_effect(spread: Spread, effect: float, level: float, power: float = POWER) -> float:
+    """Seeds (per arm, paired) a comparison would need to detect ``effect`` with ``power`` at ``level``: the
+    seed part of the variance shrinks as 1/k, the image part (the test set is fixed) does not. ``inf`` when
+    the test images alone are too few (more seeds cannot help); NaN with one seed (no seed variance seen)."""
+    if math.isnan(spread.seed_var) or math.isnan(spread.se_images):
+        return math.nan
+    room = (effect / (sps.norm.ppf(1 - level / 2) + sps.norm.ppf(power))) ** 2 - spread.se_images ** 2
+    if room <= 0:
+        return math.inf
+    return float(max(1, math.ceil(spread.seed_var / room)))
 
 
 def holm(p: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -312,24 +346,38 @@ def _arm_estimate(rows: pd.DataFrame, bank: ScoreBank | None, rng: np.random.Gen
 
 
 def _diff_bootstrap(cmp: _Comparison, bank: ScoreBank, rng: np.random.Generator,
-                    alpha: float) -> tuple[Estimate, pd.DataFrame]:
-    """Macro and per-label differences from the shared image resamples (seeds resampled too)."""
+                    alpha: float) -> tuple[Estimate, pd.DataFrame, Spread]:
+    """Macro and per-label differences from the shared image resamples (seeds resampled too), and the spread
+    of the macro difference."""
     iv, ib = bank.index(cmp.v_keys), bank.index(cmp.b_keys)
     pv, pb, bv, bb = bank.point[iv], bank.point[ib], bank.boot[:, iv], bank.boot[:, ib]
+    mpv, mpb, mbv, mbb = (macro(x, bank.valid) for x in (pv, pb, bv, bb))
     state = rng.bit_generator.state  # same seed draws for the macro and the per-label differences
-    d, lo, hi, p = difference(macro(pv, bank.valid), macro(pb, bank.valid), macro(bv, bank.valid),
-                              macro(bb, bank.valid), rng, cmp.paired, alpha)
+    d, lo, hi, p, draws = difference(mpv, mpb, mbv, mbb, rng, cmp.paired, alpha, return_draws=True)
     rng.bit_generator.state = state
     dl, lol, hil, _ = difference(pv, pb, bv, bb, rng, cmp.paired, alpha)
     labels = pd.DataFrame({"label": bank.labels, "diff": dl, "lo": lol, "hi": hil})
-    return Estimate(float(d), float(lo), float(hi), float(p)), labels
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        images = np.nanmean(mbv - mbb, axis=1) if cmp.paired else np.nanmean(mbv, axis=1) - np.nanmean(mbb, axis=1)
+        seed_var = (np.var(mpv - mpb, ddof=1) if cmp.paired else np.var(mpv, ddof=1) + np.var(mpb, ddof=1)) \
+            if min(len(mpv), len(mpb)) > 1 else math.nan
+        spread = Spread(float(np.nanstd(draws)), float(np.nanstd(images)), float(seed_var), min(len(mpv), len(mpb)))
+    return Estimate(float(d), float(lo), float(hi), float(p)), labels, spread
 
 
 def _diff_seeds(cmp: _Comparison, evals: pd.DataFrame, label_columns: Mapping[str, str],
-                alpha: float) -> tuple[Estimate, pd.DataFrame]:
-    """Fallback without per-image scores: reported macro AUROCs over seeds; per-label means only."""
-    est = seed_difference(_values(evals, cmp.v_keys, "value"), _values(evals, cmp.b_keys, "value"), cmp.paired,
-                          alpha)
+                alpha: float) -> tuple[Estimate, pd.DataFrame, Spread]:
+    """Fallback without per-image scores: reported macro AUROCs over seeds; per-label means only. The spread
+    is the seeds' alone (the t interval's standard error)."""
+    v, b = _values(evals, cmp.v_keys, "value"), _values(evals, cmp.b_keys, "value")
+    est = seed_difference(v, b, cmp.paired, alpha)
+    k = min(len(v), len(b))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        seed_var = (float(np.var(v - b, ddof=1)) if cmp.paired else float(np.var(v, ddof=1) + np.var(b, ddof=1))) \
+            if k > 1 else math.nan
+    spread = Spread(math.sqrt(seed_var / k) if k > 1 else math.nan, 0.0, seed_var, k)
     rows = []
     for label, column in label_columns.items():
         v, b = _values(evals, cmp.v_keys, column), _values(evals, cmp.b_keys, column)
@@ -337,7 +385,7 @@ def _diff_seeds(cmp: _Comparison, evals: pd.DataFrame, label_columns: Mapping[st
             warnings.simplefilter("ignore", RuntimeWarning)
             d = np.nanmean(v - b) if cmp.paired else np.nanmean(v) - np.nanmean(b)
         rows.append({"label": label, "diff": float(d), "lo": math.nan, "hi": math.nan})
-    return est, pd.DataFrame(rows, columns=["label", "diff", "lo", "hi"])
+    return est, pd.DataFrame(rows, columns=["label", "diff", "lo", "hi"]), spread
 
 
 def _span(values: Sequence[float]) -> str:
@@ -358,7 +406,8 @@ def _arm_row(arm: str, evals: pd.DataFrame, last: pd.DataFrame, base: str | None
         "arm": arm, "n_trials": len(rows), "seeds": ",".join(str(int(s)) for s in sorted(rows["seed"].dropna())),
         "epochs": _span(rows["epoch"]), "mean": est.value, "ci_lo": est.lo, "ci_hi": est.hi, "ci_method": ci_method,
         "baseline": base or "", "diff": math.nan, "diff_lo": math.nan, "diff_hi": math.nan, "p": math.nan,
-        "test_method": "", "paired": False, "n_pairs": 0, "compared_at_epoch": "",
+        "test_method": "", "paired": False, "n_pairs": 0, "compared_at_epoch": "", "se": math.nan,
+        "se_images": math.nan, "seed_var": math.nan,
         "status": BASELINE if base == arm else NO_BASELINE if base is None else ""}
     if row["status"]:
         return row, None
@@ -368,11 +417,12 @@ def _arm_row(arm: str, evals: pd.DataFrame, last: pd.DataFrame, base: str | None
         row["status"] = INSUFFICIENT
         return row, None
     if bank is not None and bank.covers(cmp.v_keys + cmp.b_keys):
-        diff, labels = _diff_bootstrap(cmp, bank, rng, alpha)
+        diff, labels, spread = _diff_bootstrap(cmp, bank, rng, alpha)
         row["test_method"] = BOOTSTRAP
     else:
-        diff, labels = _diff_seeds(cmp, evals, label_columns, alpha)
+        diff, labels, spread = _diff_seeds(cmp, evals, label_columns, alpha)
         row["test_method"] = SEEDS
+    row.update(se=spread.se, se_images=spread.se_images, seed_var=spread.seed_var)
     row.update(diff=diff.value, diff_lo=diff.lo, diff_hi=diff.hi, p=diff.p, paired=cmp.paired,
                n_pairs=len(cmp.v_keys) if cmp.paired else min(len(cmp.v_keys), len(cmp.b_keys)),
                compared_at_epoch=_span(cmp.epochs))
@@ -381,7 +431,7 @@ def _arm_row(arm: str, evals: pd.DataFrame, last: pd.DataFrame, base: str | None
 
 def compare_arms(evals: pd.DataFrame, baseline_of: Mapping[str, str | None], bank: ScoreBank | None = None,
                  label_columns: Mapping[str, str] | None = None, seed: int = 0,
-                 alpha: float = ALPHA) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 alpha: float = ALPHA, effect: float = EFFECT) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rank arms and test each against its baseline -> (ranking, per-label differences).
 
     ``evals``: one row per (trial, epoch) evaluated, columns ``trial, arm, seed, epoch, value`` (the
@@ -390,6 +440,11 @@ def compare_arms(evals: pd.DataFrame, baseline_of: Mapping[str, str | None], ban
     baseline, None if it has none). ``bank``: per-image bootstraps keyed ``(trial, epoch)``; arms
     whose score sets it lacks fall back to seed-level t statistics. Holm's correction runs over all
     comparisons with a p-value. Ranking rows are sorted by mean, best first.
+
+    Power: ``mde`` is the smallest true difference each comparison detects with 80 % power at the level
+    Holm's first step holds it to (alpha / the number of comparisons: the strictest, so the MDE is not
+    understated), from the spread of its bootstrap; ``seeds_for_effect`` the seeds per arm it would need to
+    detect ``effect`` (inf: the test set is too small whatever the seeds; NaN: one seed shows no seed spread).
     """
     rng = np.random.default_rng([seed, 1])  # seed resampling; images were resampled in the bank
     if evals.empty:
@@ -408,6 +463,12 @@ def compare_arms(evals: pd.DataFrame, baseline_of: Mapping[str, str | None], ban
         p_holm[tested] = holm(ranking.loc[tested, "p"].to_numpy(float))
     ranking["p_holm"] = p_holm
     ranking["verdict"] = [row.status or verdict(row.diff, row.p_holm, alpha) for row in ranking.itertuples()]
+    level = alpha / max(1, int(tested.sum()))
+    ranking["mde"] = [detectable_effect(row.se, level) if tested[i] else math.nan
+                      for i, row in enumerate(ranking.itertuples())]
+    ranking["seeds_for_effect"] = [
+        seeds_for_effect(Spread(row.se, row.se_images, row.seed_var, row.n_pairs), effect, level)
+        if tested[i] else math.nan for i, row in enumerate(ranking.itertuples())]
     # Arms whose every trial reached the full length come first, by mean at it; arms stopped earlier
     # follow. Means taken at different epochs would put an arm above a baseline it is worse than.
     full = last.groupby("arm")["epoch"].min() == last["epoch"].max()
@@ -436,7 +497,7 @@ def contradictions(ranking: pd.DataFrame) -> list[str]:
 
 def rank_scores(arms: Mapping[str, Sequence[np.ndarray]], targets: np.ndarray, baseline: str,
                 labels: Sequence[str] | None = None, n_boot: int = 1000, seed: int = 0,
-                alpha: float = ALPHA) -> tuple[pd.DataFrame, pd.DataFrame]:
+                alpha: float = ALPHA, effect: float = EFFECT) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`compare_arms` from plain arrays: ``arms[name][s]`` is seed s's (N, L) test scores
     (seed s of every arm is paired), ``targets`` the shared (N, L) 0/1 targets."""
     if baseline not in arms:
@@ -446,7 +507,7 @@ def rank_scores(arms: Mapping[str, Sequence[np.ndarray]], targets: np.ndarray, b
     value = macro(bank.point, bank.valid)
     evals = pd.DataFrame({"trial": [k[0] for k in bank.keys], "arm": [k[0].rsplit("#", 1)[0] for k in bank.keys],
                           "seed": [int(k[0].rsplit("#", 1)[1]) for k in bank.keys], "epoch": 1, "value": value})
-    return compare_arms(evals, {arm: baseline for arm in arms}, bank, seed=seed, alpha=alpha)
+    return compare_arms(evals, {arm: baseline for arm in arms}, bank, seed=seed, alpha=alpha, effect=effect)
 
 
 def needed_scores(evals: pd.DataFrame, baseline_of: Mapping[str, str | None]) -> set[tuple[str, int]]:

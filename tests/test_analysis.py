@@ -96,6 +96,48 @@ def test_null_variant_is_declared_better_in_at_most_5_percent_of_draws() -> None
     assert better <= 0.05 and rejected <= 0.10, (better, rejected)
 
 
+def expected_macro_auroc(signal: float, n: int = 400_000) -> float:
+    """The population macro AUROC of ``planted`` scores: Phi(signal / sqrt(2)) for unit Gaussian noise."""
+    from scipy.stats import norm
+
+    return float(norm.cdf(signal / math.sqrt(2)))
+
+
+def test_a_true_shift_equal_to_the_stated_mde_is_detected_in_80_percent_of_experiments() -> None:
+    """Calibration of the minimum detectable effect: fresh test images and noise each time, one seed per arm,
+    paired on images. With a true macro AUROC shift equal to the MDE the analysis states (80 % power at its
+    level), the shift is declared in 80 +- 7 % of experiments; with none, in at most 5 %."""
+    from scipy.optimize import brentq
+
+    rng = np.random.default_rng(7)
+    y = targets(rng)
+    pilot, _ = stats.rank_scores({"none": [planted(rng, y, 1.0)], "null": [planted(rng, y, 1.0)]}, y, "none",
+                                 n_boot=400)
+    mde = float(pilot.set_index("arm").loc["null", "mde"])
+    assert 0.01 < mde < 0.2
+    base = expected_macro_auroc(1.0)
+    signal = brentq(lambda s: expected_macro_auroc(s) - base - mde, 1.0, 3.0)  # the planted shift: exactly the MDE
+    rates = {}
+    for name, shifted in (("shift", signal), ("null", 1.0)):
+        verdicts = []
+        for draw in range(200):
+            y = targets(rng)
+            arms = {"none": [planted(rng, y, 1.0)], "arm": [planted(rng, y, shifted)]}
+            ranking, _ = stats.rank_scores(arms, y, "none", n_boot=200, seed=draw)
+            verdicts.append(ranking.set_index("arm").loc["arm", "verdict"])
+        rates[name] = np.mean([v == stats.BETTER for v in verdicts])
+    assert 0.73 <= rates["shift"] <= 0.87 and rates["null"] <= 0.05, rates
+
+
+def test_seeds_needed_for_an_effect_follow_the_seed_and_image_spread() -> None:
+    spread = stats.Spread(se=0.02, se_images=0.005, seed_var=0.02**2 * 3 - 0.005**2 * 3, seeds=3)
+    k = stats.seeds_for_effect(spread, effect=0.02, level=0.05)
+    # at k seeds: se_images^2 + seed_var / k <= (0.02 / 2.80)^2
+    assert 0.005**2 + spread.seed_var / k <= (0.02 / 2.8016) ** 2 < 0.005**2 + spread.seed_var / (k - 1)
+    assert stats.seeds_for_effect(stats.Spread(0.02, 0.01, 1e-4, 3), 0.02, 0.05) == math.inf  # images too few
+    assert math.isnan(stats.seeds_for_effect(stats.Spread(0.02, 0.01, math.nan, 1), 0.02, 0.05))  # one seed
+
+
 def test_holm_on_known_p_values() -> None:
     adjusted = stats.holm([0.01, 0.04, 0.03, 0.005, math.nan])
     np.testing.assert_allclose(adjusted[:4], [0.03, 0.06, 0.06, 0.02])
@@ -302,6 +344,20 @@ def test_analyze_end_to_end(experiment: Path) -> None:
         assert heading in report
     assert not any(secret in _text_outputs(out) for secret in SECRETS)
     assert "film:demographic" in format_ranking(result.ranking)
+    # every tested comparison states what it could have detected, and a "no evidence" says so
+    csv = pd.read_csv(out / "ranking.csv").set_index("arm")
+    tested = csv["p_holm"].notna()
+    assert csv.loc[tested, "mde"].gt(0).all() and csv.loc[~tested, "mde"].isna().all()
+    assert {"seeds_for_effect"} <= set(csv.columns)  # (vs_pixels_mde and the like when references exist)
+    silent = csv[csv["verdict"] == "no evidence"]
+    for arm, row in silent.iterrows():
+        assert f"no evidence: below the detectable effect of {row['mde']:.3f}" in report, arm
+    assert "MDE (80 %)" in report and "seeds for +0.020" in report
+
+
+def test_an_effect_outside_0_1_is_refused(experiment: Path) -> None:
+    assert cli_main([str(experiment), "--effect", "1.5"]) == 2
+    assert not (experiment / "analysis").exists()
 
 
 def test_analyze_val_metric_and_custom_baseline(experiment: Path, tmp_path: Path) -> None:
@@ -502,6 +558,7 @@ def test_reference_rows_are_computed_once_and_paired_with_the_arms(tmp_path: Pat
     assert set(rows.loc[["random init", "raw pixels", "EHR only"], "verdict"]) == {"reference"}
     assert rows.loc["none", "vs_pixels_verdict"] == "better" and rows.loc["none", "vs_random_verdict"] == "better"
     assert rows.loc["none", "vs_pixels_test_method"] == "bootstrap"  # paired image by image with the reference
+    assert rows.loc["none", "vs_pixels_mde"] > 0  # what the comparison with the reference could detect
     assert 0.3 < rows.loc["raw pixels", "mean"] < 0.9 and rows.loc["concat_anchor:demographic", "baseline"] == "none"
     stamps = {p.name: p.stat().st_mtime_ns for p in (exp / "references").iterdir()}
     assert {"random_init.json", "raw_pixels_test.npz", "ehr_only.json"} <= set(stamps)

@@ -31,16 +31,40 @@ def mib(n: float) -> str:
     return f"{n / 2**20:.0f} MiB"
 
 
+RESERVE = ".mmsn-reserve"  # in the experiment: space kept back for the sweep's last writes when the disk fills
+RESERVE_BYTES = 16 * 2**20
+
+
 class StorageGuard(Callback):  # type: ignore[misc]
     """Stops the sweep before it launches trials into a full storage: when the free space under ``storage`` is
     below ``need`` bytes (about one more state and its Tune copy), or a trial failed with "No space left on
-    device". It stops Tune the way an interrupt does (the experiment state is saved, unfinished trials stay
-    unfinished for ``--resume``); ``full`` then says where and how much was free."""
+    device". It stops Tune the way an interrupt does (unfinished trials stay unfinished for ``--resume``);
+    ``full`` then says where and how much was free. The experiment keeps a reserve file (``reserve()``)
+    that is released when it stops, so Tune's last snapshot of the experiment is written whole even when
+    something else filled the disk at once (a torn snapshot would make ``--resume`` fail)."""
 
-    def __init__(self, storage: Path, need: int, every_s: float = 5.0) -> None:
+    def __init__(self, storage: Path, need: int, every_s: float = 2.0) -> None:
         self.storage, self.need, self.every_s = storage, need, every_s
         self.full: str | None = None
         self._checked = 0.0
+        self._reserve: Path | None = None
+
+    def reserve(self, experiment: Path, size: int = RESERVE_BYTES) -> None:
+        """Hold ``size`` bytes in ``experiment`` until the sweep stops (best effort on a full disk)."""
+        path = experiment / RESERVE
+        try:
+            with path.open("wb") as out:
+                out.truncate(0)
+                for _ in range(size // 2**20):
+                    out.write(b"\0" * 2**20)  # written, not sparse: the blocks are really held
+            self._reserve = path
+        except OSError:
+            path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if self._reserve is not None:
+            self._reserve.unlink(missing_ok=True)
+            self._reserve = None
 
     def free(self) -> int:
         return shutil.disk_usage(self.storage).free
@@ -63,6 +87,7 @@ class StorageGuard(Callback):  # type: ignore[misc]
 
     def _stop(self, why: str) -> None:
         if self.full is None:
+            self.release()
             self.full = why
             print(f"STORAGE FULL: {why}; stopping the sweep (finished trials are kept)", flush=True)
             os.kill(os.getpid(), signal.SIGINT)  # Tune's own interrupt: state saved, trials resumable
@@ -93,7 +118,7 @@ def outcome(results: Any, guard: StorageGuard | None, ranked: bool) -> Outcome:
                                      "same command with --resume to continue them from their last state")
     if own:
         out.lines.append(f"{len(own)} trial(s) failed on their own (a result, not retried): see the report")
-    if not ranked:
+    if not ranked and not (guard is not None and guard.full):  # (a full storage skips the analysis itself)
         out.add(EXIT_NO_RANKING, "no ranking: no trial reported a result")
     return out
 

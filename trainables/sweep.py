@@ -307,7 +307,11 @@ def run_space(space: Space, experiment: Path, smoke: bool = False, resume: bool 
         record_sweep(space, experiment, cache, smoke, protocol)
         write_experiment(experiment, space)
     guard = storage_guard(space, storage)
-    results = make_tuner(space, experiment, cache, resume, protocol, verbose, [guard]).fit()
+    guard.reserve(experiment)
+    try:
+        results = make_tuner(space, experiment, cache, resume, protocol, verbose, [guard]).fit()
+    finally:
+        guard.release()
     from trainables.faults import outcome
     from trainables.summary import print_summary
 
