@@ -290,7 +290,7 @@ def status_of(rec: TrialRecord, last: int, scheduler: str) -> tuple[str, str]:
     if rec.tune_status == "TERMINATED":
         if epoch == 0:
             return STOPPED_EARLY, "stopped before its first milestone"
-        if scheduler in ("asha", "hyperband", "halving", "pbt"):
+        if scheduler in ("asha", "hyperband", "halving", "racing", "pbt"):
             return STOPPED_EARLY, f"stopped by scheduler ({scheduler}) at epoch {epoch} of {last}"
         return STOPPED_EARLY, f"stopped at epoch {epoch} of {last} (time budget or stopper; scheduler {scheduler})"
     if epoch == 0:
@@ -343,6 +343,17 @@ def _per_label(probe: dict[str, Any] | None, split: str) -> dict[str, float]:
             for name, d in labels.items()}
 
 
+def _rankme(rec: TrialRecord, epoch: int) -> dict[str, float]:
+    """RankMe of the trial's val features at ``epoch`` and of its encoder before training (NaN when absent)."""
+    probe = rec.probes.get(epoch) or {}
+    result = rec.results.get(epoch) or {}
+    value = probe.get("rankme", result.get("rankme"))
+    floor = next((r["rankme_untrained"] for r in rec.results.values() if r.get("rankme_untrained") is not None),
+                 None)
+    return {"rankme": math.nan if value is None else float(value),
+            "rankme_untrained": math.nan if floor is None else float(floor)}
+
+
 def _compute(rec: TrialRecord, epoch: int) -> dict[str, float]:
     result = rec.results.get(epoch) or (rec.last_result if rec.last_result.get("epoch") == epoch else {})
     return {k: float(result[k]) if result.get(k) is not None else math.nan for k in ("trial_seconds", "gpu_seconds")}
@@ -363,6 +374,7 @@ def _trial_row(rec: TrialRecord, info: ExperimentInfo, last: int) -> dict[str, A
         "epoch": epoch, "max_epoch": last, **_compute(rec, epoch),
         "val_auroc": float(result["val_auroc"]) if math.isnan(val) and result.get("val_auroc") is not None else val,
         "test_auroc": _probe_value(rec.probes.get(epoch), "test"), "has_scores": epoch in rec.npz,
+        **_rankme(rec, epoch),
         "dir": rec.dir.name if rec.dir else math.nan,
         **{k: math.nan if v == INACTIVE else v for k, v in rec.params.items()},
         **_per_label(rec.probes.get(epoch), "test"),
@@ -400,10 +412,10 @@ def curves_from(records: list[TrialRecord], trials: pd.DataFrame) -> pd.DataFram
             if math.isnan(val) and result.get("val_auroc") is not None:
                 val = float(result["val_auroc"])
             rows.append({"trial": rec.trial, **meta.loc[rec.trial].to_dict(), "epoch": epoch, "val_auroc": val,
-                         "test_auroc": _probe_value(probe, "test"), **_compute(rec, epoch),
+                         "test_auroc": _probe_value(probe, "test"), **_compute(rec, epoch), **_rankme(rec, epoch),
                          "has_scores": epoch in rec.npz, **_per_label(probe, "val"), **_per_label(probe, "test")})
-    columns = ["trial", "variant", "arm", "seed", "status", "epoch", "val_auroc", "test_auroc", "trial_seconds",
-               "gpu_seconds", "has_scores"]
+    columns = ["trial", "variant", "arm", "seed", "status", "epoch", "val_auroc", "test_auroc", "rankme",
+               "rankme_untrained", "trial_seconds", "gpu_seconds", "has_scores"]
     return pd.DataFrame(rows, columns=columns + sorted({k for r in rows for k in r} - set(columns)))
 
 

@@ -271,8 +271,12 @@ def _verdict_sentence(row: Any, metric_label: str) -> str:
                 f"{row.compared_at_epoch}; a t-test needs two seeds when per-image scores are missing).")
     if row.verdict in (BETTER, WORSE):
         return f"- **{row.arm}** is **{row.verdict}** than **{row.baseline}**: {d}{ci}, {p}; {_how(row)}."
+    power = "" if math.isnan(row.mde) else f" It is below the detectable effect of {row.mde:.3f} (80 % power)"
+    more = "" if math.isnan(row.seeds_for_effect) else (
+        "; more test images, not seeds, would be needed to detect the stated effect" if row.seeds_for_effect == math.inf
+        else f"; {int(row.seeds_for_effect)} seed(s) per arm would detect the stated effect")
     return (f"- **{row.arm}**: no evidence of a difference from **{row.baseline}**: {d}{ci}, {p}; "
-            f"{_how(row)}.")
+            f"{_how(row)}.{power}{more}{'.' if power else ''}")
 
 
 def _verdicts(f: Findings) -> str:
@@ -445,10 +449,74 @@ def _protocol(f: Findings, stacked: pd.DataFrame | None) -> str:
             + md_table(_cells(stacked, p.spreads)))
 
 
+def _rankme_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: mean RankMe at each trial's last milestone, its encoder's before training, and val AUROC."""
+    ranked = trials[trials["status"] != "failed"].dropna(subset=["rankme"])
+    group = ["objective.name", "arm"] if "objective.name" in ranked else ["arm"]
+    return ranked.groupby(group, dropna=False)[["rankme", "rankme_untrained", "val_auroc"]].mean().reset_index()
+
+
+def _rankme(f: Findings) -> str:
+    """RankMe beside the probe: each arm's value, its collapse floor, and how well it ranks arms like val AUROC."""
+    if "rankme" not in f.trials or f.trials["rankme"].isna().all():
+        return ""
+    from analysis.stats import rank_agreement
+
+    arms = _rankme_table(f.trials)
+    collapsed = arms[arms["rankme"] < arms["rankme_untrained"]]
+    table = pd.DataFrame({"arm": arms["arm"], "RankMe": [num(v, ".2f") for v in arms["rankme"]],
+                          "untrained": [num(v, ".2f") for v in arms["rankme_untrained"]],
+                          "val AUROC": [num(v) for v in arms["val_auroc"]],
+                          "collapse?": ["yes" if r < u else "" for r, u in
+                                        zip(arms["rankme"], arms["rankme_untrained"])]})
+    groups = [("all arms", arms)]
+    if "objective.name" in arms and arms["objective.name"].nunique() > 1:
+        groups += [(f"objective {name}", part) for name, part in arms.groupby("objective.name") if len(part) >= 3]
+    lines = []
+    for name, part in groups:
+        a = rank_agreement(part["rankme"], part["val_auroc"], n_boot=f.n_boot, seed=f.seed)
+        if math.isnan(a["spearman"]):
+            lines.append(f"- {name}: too few arms ({int(a['n'])}) for a rank correlation")
+            continue
+        rho = interval(a["spearman"], a["spearman_lo"], a["spearman_hi"], ".2f")
+        tau = interval(a["kendall"], a["kendall_lo"], a["kendall_hi"], ".2f")
+        lines.append(f"- {name} ({int(a['n'])} arms): Spearman rho {rho}, Kendall tau {tau} (95 % CIs over arms)")
+    alarm = (f"**{len(collapsed)} arm(s) below their untrained encoder's RankMe** (collapsing?): "
+             f"{_arm_list(collapsed['arm'].tolist())}." if len(collapsed) else "No arm fell below its untrained "
+             "encoder's RankMe.")
+    return ("## RankMe (label-free)\n\nRankMe is the effective rank of the val features the probe extracted at "
+            "each milestone (Garrido et al., ICML 2023): no labels, no extra forward pass. It is meant for comparing "
+            "runs of one method. A trial whose RankMe falls below its own encoder's before training is losing "
+            f"dimensions it started with. {alarm}\n\nAgreement with the probe's val AUROC across arms:\n\n"
+            + "\n".join(lines) + "\n\n" + md_table(table) + "\n")
+
+
+def _racing(f: Findings) -> str:
+    """Racing's decisions (EXPERIMENT_DIR/halving/state.json): per rung, each arm's lag behind the leader with
+    its one-sided p, Holm-adjusted, and whether it was stopped."""
+    if f.info.scheduler != "racing":
+        return ""
+    import json
+
+    try:
+        decided = json.loads((f.info.path / "halving" / "state.json").read_text()).get("decided", {})
+    except (OSError, ValueError):
+        return "## Racing decisions\n\nNo decision was recorded (halving/state.json missing).\n"
+    rows = [{"rung (epoch)": rung, "leader": d.get("leader", "-"), "arm": arm,
+             "lag behind the leader (val AUROC)": num(t["difference"], "+.4f"), "p (one-sided)": num(t["p"], ".3g"),
+             "p (Holm)": num(t["p_holm"], ".3g"), "stopped": "yes" if t["stopped"] else "no"}
+            for rung, d in sorted(decided.items(), key=lambda kv: int(kv[0])) for arm, t in d.get("tests", {}).items()]
+    text = ("## Racing decisions\n\nAt each rung an arm is stopped only when the val images show it behind the "
+            "rung's leader: its lag (the leader's val macro AUROC minus its own, paired over images and the seeds "
+            "both ran, bootstrapped) tested one-sided and Holm-corrected over the arms compared, at most (1 - 1/rf) "
+            "of the arms per rung.\n\n")
+    return text + (md_table(pd.DataFrame(rows)) if rows else "No rung was decided yet.") + "\n"
+
+
 def report_markdown(f: Findings, stacked: pd.DataFrame | None = None) -> str:
     """The report; ``stacked``: ranking.csv's rows (the primary ranking and the protocol's)."""
     methods = set(f.ranking["test_method"]) | set(f.ranking["ci_method"]) if not f.ranking.empty else set()
-    sections = [_header(f), _space(f), _ranking(f), _two_questions(f), _references(f), _protocol(f, stacked),
-                _verdicts(f), _figures(f), _labels(f), _stopped(f), _compute(f), _missing(f),
+    sections = [_header(f), _space(f), _ranking(f), _two_questions(f), _references(f), _rankme(f), _racing(f),
+                _protocol(f, stacked), _verdicts(f), _figures(f), _labels(f), _stopped(f), _compute(f), _missing(f),
                 method_text(f.n_boot, f.seed, methods)]
     return "\n".join(s for s in sections if s)

@@ -481,6 +481,29 @@ def compare_arms(evals: pd.DataFrame, baseline_of: Mapping[str, str | None], ban
     return ranking[RANKING_COLUMNS].reset_index(drop=True), labels_table
 
 
+def rank_agreement(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, n_boot: int = 1000,
+                   seed: int = 0, alpha: float = ALPHA) -> dict[str, float]:
+    """Spearman's rho and Kendall's tau between two scores of the same arms (e.g. RankMe and val AUROC), each
+    with a percentile CI from resampling the arms; NaN with fewer than 3 arms."""
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[keep], b[keep]
+    out = {"n": float(len(a))}
+    for name, test in (("spearman", sps.spearmanr), ("kendall", sps.kendalltau)):
+        if len(a) < 3:
+            out.update({name: math.nan, f"{name}_lo": math.nan, f"{name}_hi": math.nan})
+            continue
+        rng = np.random.default_rng([seed, 2])
+        draws = []
+        for idx in rng.integers(0, len(a), size=(n_boot, len(a))):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a resample of tied arms has no correlation
+                draws.append(test(a[idx], b[idx])[0])
+        lo, hi = percentile_ci(np.asarray(draws, dtype=float), alpha)
+        out.update({name: float(test(a, b)[0]), f"{name}_lo": float(lo), f"{name}_hi": float(hi)})
+    return out
+
+
 def contradictions(ranking: pd.DataFrame) -> list[str]:
     """Arms listed above their baseline with a negative paired difference, or below it with a positive
     one (possible only when the two were compared on other seeds or epochs than their means)."""

@@ -26,6 +26,7 @@ from mmsn.config import TrainConfig
 from mmsn.data.cache import Cache
 from mmsn.engine import Log, Run, state_dict, train_epoch
 from mmsn.evaluate import split_features, train_patients
+from mmsn.metrics import rankme
 from mmsn.probe import run_probe_splits
 from mmsn.protocol import Protocol as EvalProtocol
 from mmsn.protocol import run_protocol
@@ -80,6 +81,8 @@ def log_probe(writer: SummaryWriter | None, probes: dict[str, Any], epoch: int) 
     for split in ("val", "test"):
         if split in probes and probes[split]["macro_auroc"] is not None:
             writer.add_scalar(f"probe/{split}_macro_auroc", probes[split]["macro_auroc"], epoch)
+    if "rankme" in probes:
+        writer.add_scalar("probe/rankme", probes["rankme"], epoch)
     for name, entry in probes["val"]["per_label"].items():
         if entry["auroc"] is not None:
             writer.add_scalar(f"probe_label/{name}", entry["auroc"], epoch)
@@ -136,6 +139,9 @@ def probe_splits(run: Run, cache: Cache, test: bool = True, protocol: EvalProtoc
     features = split_features(encoder, cache, cfg.probe, cfg.views.size, run.device, splits)
     results = run_probe_splits(*features, cache.labels, cfg.probe, splits[1:], train_patients(cache), run.device)
     out: dict[str, Any] = {split: result.to_json_dict() for split, result in results.items()}
+    out["rankme"] = rankme(features[0]["val"])  # label-free, on the val features just extracted
+    # per-image val scores (cache row order, no ids): what a noise-aware scheduler tests gaps between arms on
+    out["val_scores"], out["val_targets"] = results["val"].scores, results["val"].targets
     if test:
         out["test_scores"], out["test_targets"] = results["test"].scores, results["test"].targets
     if protocol is not None:  # the primary cache's features are the ones just extracted
@@ -146,14 +152,17 @@ def probe_splits(run: Run, cache: Cache, test: bool = True, protocol: EvalProtoc
 
 
 def write_probes(out: Path, epoch: int, probes: dict[str, Any]) -> None:
-    """Val and test probe summaries as JSON, the per-image test scores as npz (what the analysis reads);
+    """Val and test probe summaries as JSON, the per-image test and val scores as npz (what the analysis and a
+    racing scheduler read);
     the evaluation protocol's (``probes["protocol"]``) as ``epoch_XXX_eval.json`` and one
     ``epoch_XXX_eval_<dataset>_f<fraction>_d<draw>_test.npz`` per probe."""
     out.mkdir(parents=True, exist_ok=True)
-    arrays = {k: probes[k] for k in ("test_scores", "test_targets") if k in probes}
-    if arrays:
-        np.savez_compressed(out / f"epoch_{epoch:03d}_test.npz", scores=arrays["test_scores"],
-                            targets=arrays["test_targets"])
+    arrays: dict[str, Any] = {k: probes[k] for k in ("test_scores", "test_targets", "val_scores", "val_targets")
+                              if k in probes}
+    for split in ("test", "val"):
+        if f"{split}_scores" in arrays:
+            np.savez_compressed(out / f"epoch_{epoch:03d}_{split}.npz", scores=arrays[f"{split}_scores"],
+                                targets=arrays[f"{split}_targets"])
     if probes.get("protocol") is not None:
         summary, scores = probes["protocol"]
         for name, (test_scores, targets) in scores.items():
@@ -188,8 +197,9 @@ def train(run: Run, until: int, cache: Cache, milestones: Milestones, reporter: 
             probes = probe_splits(run, cache, milestones.test, protocol)
             log_probe(writer, probes, run.epoch)
             metrics["val_auroc"] = probes["val"]["macro_auroc"]
+            metrics["rankme"] = probes["rankme"]
             if log is not None:
-                log(milestone_line(run.epoch, probes["val"]))
+                log(milestone_line(run.epoch, probes["val"], probes["rankme"]))
             clock.probe_done()
         metrics.update(epoch=run.epoch, step=run.step, **clock.metrics())
         _save(run, reporter, metrics, {**info, **clock.state()}, probes,
@@ -213,9 +223,11 @@ def _save(run: Run, reporter: Reporter | None, metrics: dict[str, Any], info: di
     reporter.saved(run, folder, metrics, probes)
 
 
-def milestone_line(epoch: int, val: dict[str, Any]) -> str:
+def milestone_line(epoch: int, val: dict[str, Any], rank: float | None = None) -> str:
     low, high, auroc = (float("nan") if v is None else v for v in (*val["macro_ci"], val["macro_auroc"]))
-    return f"probe after epoch {epoch}: val macro AUROC {auroc:.4f} [{low:.4f}, {high:.4f}] ({val['seconds']:.1f} s)"
+    effective = f", RankMe {rank:.1f}" if rank is not None else ""
+    return (f"probe after epoch {epoch}: val macro AUROC {auroc:.4f} [{low:.4f}, {high:.4f}]{effective} "
+            f"({val['seconds']:.1f} s)")
 
 
 __all__ = ["Clock", "Milestones", "Reporter", "checkpoint_due", "log_probe", "log_scalars", "milestone_line",

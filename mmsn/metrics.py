@@ -132,3 +132,18 @@ def bootstrap_per_label(y: np.ndarray, scores: np.ndarray, n_boot: int = 1000, s
     """(L, 2) percentile CIs per label, from the same resamples as ``bootstrap_ci`` (same seed)."""
     boot = bootstrap_aurocs(y, scores, n_boot, seed)
     return np.array([percentile_ci(boot[:, j], alpha) for j in range(y.shape[1])]).reshape(-1, 2)
+
+
+def rankme(features: np.ndarray, eps: float = 1e-7) -> float:
+    """RankMe (Garrido et al., ICML 2023): the effective rank exp(H(p)) of an (N, D) embedding matrix, with
+    p_k = s_k / sum(s) + eps over its singular values s (the embeddings as they are, not centred). Between 1
+    (every embedding on one line: collapse) and min(N, D); it needs no labels. With fewer than about 25k rows
+    it is biased low but keeps the order of runs of one method."""
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"rankme: expected a non-empty (N, D) matrix, got {x.shape}")
+    s = np.linalg.svd(x, compute_uv=False)
+    if not s.sum() > 0:
+        return 1.0  # all zeros: nothing spread in any direction
+    p = s / s.sum() + eps
+    return float(np.exp(-(p * np.log(p)).sum()))

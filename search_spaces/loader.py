@@ -38,11 +38,12 @@ from mmsn.preflight import check_config
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent / "mmsn" / "configs"
 AXIS_KINDS = ("choice", "grid", "uniform", "loguniform", "int")
-SCHEDULERS = ("fifo", "asha", "hyperband", "halving", "pbt")
+SCHEDULERS = ("fifo", "asha", "hyperband", "halving", "racing", "pbt")
+HALVING = ("halving", "racing")  # synchronous successive halving of a grid's arms (racing: only on evidence)
 # Schedulers that compare trials one by one: the seeds of one arm would be ranked as if different arms
 PER_TRIAL_SCHEDULERS = ("asha", "hyperband")
 ALGORITHMS = ("grid", "optuna", "random")
-METRICS = ("val_auroc",)
+METRICS = ("val_auroc", "rankme")  # rankme: the label-free effective rank of the val features (max)
 INACTIVE = "-"  # value of a conditional axis that does not apply to a trial (e.g. features when fusion=none)
 SEED_KEY = "train.seed"
 # The keys variant_name describes (a trial's EHR use): they make an arm's variant, not its setting.
@@ -116,10 +117,12 @@ class SchedulerSpec:
     # PBT: exploit only once every trial reached the interval (Ray's synch PBT): the same decisions on
     # every run, at the cost of waiting for the slowest trial
     synch: bool = False
+    alpha: float = 0.05  # racing: the level an arm's lag behind the rung's leader is tested at (Holm-corrected)
 
     def __post_init__(self) -> None:
         _need(self.reduction_factor >= 2, "scheduler.reduction_factor", "must be >= 2")
         _need(self.perturbation_interval >= 1, "scheduler.perturbation_interval", "must be >= 1")
+        _need(0 < self.alpha < 1, "scheduler.alpha", f"{self.alpha}: a test level in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -503,6 +506,13 @@ def validate(space: Space) -> None:
         raise _err(path, f"search.algorithm {space.search.algorithm!r}; valid: {', '.join(ALGORITHMS)}")
     if space.metric not in METRICS or space.mode not in ("max", "min"):
         raise _err(path, f"metric: name must be one of {METRICS} and mode max|min")
+    if space.metric == "rankme":
+        unranked = [name for name in space.objectives() if not objective_spec(name).rankme]
+        if unranked:
+            raise _err(path, f"metric.name rankme: RankMe cannot rank runs of {', '.join(unranked)} (their embeddings "
+                             "are trained to reconstruct, not to spread); use val_auroc")
+        if space.mode != "max":
+            raise _err(path, "metric.mode: rankme is maximised (a higher effective rank is a less collapsed one)")
     if not sched.milestones or list(sched.milestones) != sorted(set(sched.milestones)) or sched.milestones[0] < 1:
         raise _err(path, f"scheduler.milestones {list(sched.milestones)}: strictly increasing epochs >= 1")
     if space.search.algorithm == "grid" and any(a.kind not in ("choice", "grid") for a in space.axes):
@@ -543,19 +553,25 @@ def check_scheduler(space: Space) -> None:
                          f"but resources.max_concurrent_trials {space.resources.max_concurrent_trials} keeps the "
                          "others from starting while the first wait: raise max_concurrent_trials to the population "
                          "(trials that do not fit wait in PENDING) or set synch: false")
-    if sched.type == "halving":
+    if sched.type in HALVING:
         if search.algorithm != "grid":
-            raise _err(path, "scheduler.type halving ranks the arms of a grid (every arm reaches a rung before "
+            raise _err(path, f"scheduler.type {sched.type} ranks the arms of a grid (every arm reaches a rung before "
                              f"any is promoted); search.algorithm {search.algorithm}: use asha")
         if len(sched.milestones) < 2:
-            raise _err(path, "scheduler.type halving: give at least two milestones (the rungs are every "
+            raise _err(path, f"scheduler.type {sched.type}: give at least two milestones (the rungs are every "
                              "milestone but the last)")
+    if sched.type == "racing":
+        arms = {space.arm(point).name for point in grid_points(space)}
+        if len(arms) < 2:
+            raise _err(path, f"scheduler.type racing: the grid has {len(arms)} arm; racing compares arms (axes)")
+        if space.metric != "val_auroc":
+            raise _err(path, "scheduler.type racing tests the val AUROC's per-image scores: metric.name val_auroc")
 
 
 def scheduler_warnings(space: Space) -> list[str]:
     """What a sweep prints before it starts about its scheduler (nothing is refused for these)."""
     sched, warmup = space.scheduler, space.base.optim.warmup_epochs
-    if sched.type in (*PER_TRIAL_SCHEDULERS, "halving") and sched.milestones[0] <= warmup:
+    if sched.type in (*PER_TRIAL_SCHEDULERS, *HALVING) and sched.milestones[0] <= warmup:
         return [f"{space.path}: scheduler.milestones: the first rung (epoch {sched.milestones[0]}) comes before the "
                 f"end of the lr warm-up (optim.warmup_epochs {warmup:g}): arms are compared before they have "
                 "learnt much, and the comparison is mostly noise; put the first milestone after the warm-up"]

@@ -243,9 +243,12 @@ def _write_trial(exp: Path, i: int, spec: tuple, y: np.ndarray, y_val: np.ndarra
             scores, val = planted(rng, y, s), planted(rng, y_val, s)
             if epoch not in no_npz:
                 np.savez_compressed(exp / name / "probes" / f"epoch_{epoch:03d}_test.npz", scores=scores, targets=y)
-            probe = {"epoch": epoch, "val": _probe(y_val, val, "val"), "test": _probe(y, scores, "test")}
+            # RankMe grows with the signal; the encoder started at 3.0 (the weak arm falls below it)
+            probe = {"epoch": epoch, "val": _probe(y_val, val, "val"), "test": _probe(y, scores, "test"),
+                     "rankme": 1.0 + 4.0 * s}
             (exp / name / "probes" / f"epoch_{epoch:03d}.json").write_text(json.dumps(probe))
-            last = {"val_auroc": probe["val"]["macro_auroc"], "epoch": epoch, "loss": 3.0 / epoch,
+            last = {"val_auroc": probe["val"]["macro_auroc"], "rankme": probe["rankme"], "rankme_untrained": 3.0,
+                    "epoch": epoch, "loss": 3.0 / epoch,
                     "train_seconds": 9.0, "probe_seconds": 1.0, "trial_seconds": 10.0 * epoch,
                     "gpu_seconds": 5.0 * epoch, "variant": variant, "trial_id": trial_id, "config": config,
                     "training_iteration": epoch, "time_total_s": 10.0 * epoch}
@@ -353,6 +356,18 @@ def test_analyze_end_to_end(experiment: Path) -> None:
     for arm, row in silent.iterrows():
         assert f"no evidence: below the detectable effect of {row['mde']:.3f}" in report, arm
     assert "MDE (80 %)" in report and "seeds for +0.020" in report
+
+
+def test_rankme_beside_the_probe_with_its_collapse_floor_and_agreement(experiment: Path) -> None:
+    result = analyze(experiment, n_boot=200)
+    trials = result.trials.set_index(["variant", "seed"])
+    assert trials.loc[("film:demographic", 0), "rankme"] > trials.loc[("none", 0), "rankme"]
+    assert trials.loc[("none", 0), "rankme_untrained"] == 3.0
+    report = result.report.read_text()
+    section = report[report.index("## RankMe (label-free)"):]
+    assert "1 arm(s) below their untrained encoder's RankMe" in section and "concat_anchor:scan" in section
+    rho = float(section.split("Spearman rho ")[1].split(" ")[0])
+    assert rho > 0.5  # planted: RankMe and val AUROC both follow the signal
 
 
 def test_an_effect_outside_0_1_is_refused(experiment: Path) -> None:

@@ -141,7 +141,8 @@ def check_hparams(experiment: Path, trials: list[Path], axes: set[str]) -> None:
     config, _ = plugin_data(experiment / "hparams")
     experiment_info = config["_hparams_/experiment"].experiment
     assert {h.name for h in experiment_info.hparam_infos} == axes
-    assert {m.name.tag for m in experiment_info.metric_infos} == {"probe/val_macro_auroc", "probe/test_macro_auroc"}
+    assert {m.name.tag for m in experiment_info.metric_infos} == {"probe/val_macro_auroc", "probe/test_macro_auroc",
+                                                                  "probe/rankme"}
     for t in trials:
         sessions, acc = plugin_data(t / "tb")
         values = sessions["_hparams_/session_start_info"].session_start_info.hparams
@@ -149,7 +150,8 @@ def check_hparams(experiment: Path, trials: list[Path], axes: set[str]) -> None:
         assert set(values) == axes
         shown = {k: v.string_value or v.number_value for k, v in values.items()}
         assert shown["ehr.fusion"] == params["ehr.fusion"] and shown["ehr.features"] == str(params["ehr.features"])
-        assert {"probe/val_macro_auroc", "probe/test_macro_auroc"} <= set(acc.Tags()["scalars"])
+        assert {"probe/val_macro_auroc", "probe/test_macro_auroc", "probe/rankme",
+                "probe/rankme_untrained"} <= set(acc.Tags()["scalars"])
 
 
 def asha_stops(trials: list[Path], rung: int, reduction_factor: float = 2) -> set[str]:
@@ -261,13 +263,16 @@ def test_a_diverging_trial_fails_once_with_its_reason_and_the_sweep_goes_on(tmp_
     assert [p.name for p in kept if p.name == "non_finite.txt"] == ["non_finite.txt"]
 
 
-def test_halving_promotes_whole_arms_by_their_mean_after_every_arm_reached_the_rung(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["halving", "racing"])
+def test_halving_promotes_whole_arms_by_their_mean_after_every_arm_reached_the_rung(tmp_path: Path, kind: str) -> None:
+    """halving keeps the better half of the arms by their mean over seeds; racing stops an arm only when the val
+    images show it behind the leader (at alpha 0.001 a smoke run's noise never does: every arm goes on)."""
     import yaml
 
     raw = yaml.safe_load((SPACES / "quickstart.yaml").read_text())  # 2 arms x 2 seeds, one rung (epoch 1)
     raw["name"], raw["seeds"] = "halving", [0, 1]
     raw["axes"] = {"msn.temperature": {"grid": [0.1, 0.2]}}
-    raw["scheduler"] = {"type": "halving", "milestones": [1, 2], "reduction_factor": 2}
+    raw["scheduler"] = {"type": kind, "milestones": [1, 2], "reduction_factor": 2, "alpha": 0.001}
     raw["smoke"]["scheduler"] = {"milestones": [1, 2]}
     raw["smoke"]["resources"] = {"workers": 1, "cpus_per_worker": 1, "max_concurrent_trials": 2}
     space = tmp_path / "halving.yaml"
@@ -295,7 +300,13 @@ def test_halving_promotes_whole_arms_by_their_mean_after_every_arm_reached_the_r
     for trial_id, rows in runs.items():  # the scores are the arms' means over seeds of what Tune logged
         by_arm.setdefault(state["arms"][trial_id], []).append(float(rows.iloc[0]["val_auroc"]))
     assert rung["scores"] == pytest.approx({arm: sum(v) / len(v) for arm, v in by_arm.items()})
-    assert len(rung["scores"]) == 2 and rung["kept"] == [max(rung["scores"], key=rung["scores"].get)]
+    if kind == "halving":
+        assert len(rung["scores"]) == 2 and rung["kept"] == [max(rung["scores"], key=rung["scores"].get)]
+    else:  # each arm's lag behind the leader, tested on the val images of both seeds, in the experiment
+        (arm, test), = rung["tests"].items()
+        assert rung["leader"] != arm and test["paired"] and test["seeds"] == 2 and not test["stopped"]
+        assert test["p_holm"] >= 0.001 and len(rung["kept"]) == 2
+        assert "## Racing decisions" in (experiment / "analysis" / "report.md").read_text()
     for trial_id, rows in runs.items():  # both seeds of an arm share its fate
         kept = state["arms"][trial_id] in rung["kept"]
         assert rows["epoch"].tolist() == ([1, 2] if kept else [1]), (trial_id, rows["epoch"].tolist())

@@ -59,7 +59,11 @@ class Console(Callback):  # type: ignore[misc]
             better = self.best is None or (value > self.best[0] if self.space.mode == "max" else value < self.best[0])
             if better:
                 self.best = (float(value), str(result.get("arm", result.get("variant", "?"))))
-        print(f"{_name(self.space, trial, result)}: epoch {result.get('epoch')} val AUROC {value:.4f} "
+        rank, floor = result.get("rankme"), result.get("rankme_untrained")
+        effective = f", RankMe {rank:.1f}" if isinstance(rank, (int, float)) else ""
+        if isinstance(rank, (int, float)) and isinstance(floor, (int, float)) and rank < floor:
+            effective += f" BELOW the untrained encoder's {floor:.1f}: collapsing?"
+        print(f"{_name(self.space, trial, result)}: epoch {result.get('epoch')} val AUROC {value:.4f}{effective} "
               f"(trial {result.get('trial_seconds', 0):.0f} s so far: {result.get('train_seconds', 0):.0f} s "
               f"epochs, {result.get('probe_seconds', 0):.0f} s probes)", flush=True)
 

@@ -71,7 +71,7 @@ class HalvingState:
 def awaiting_rung(experiment: str | Path, space: Space, trial_id: str, epoch: int) -> bool:
     """True when a trial restarted at ``epoch`` (a rung) has no promotion past it: it must report that
     rung again (the scheduler then pauses, stops or promotes it) rather than train on."""
-    if space.scheduler.type != "halving" or epoch not in space.scheduler.milestones[:-1]:
+    if space.scheduler.type not in ("halving", "racing") or epoch not in space.scheduler.milestones[:-1]:
         return False
     return trial_id not in HalvingState(Path(experiment) / STATE).promoted(epoch)
 
@@ -111,6 +111,7 @@ class ArmHalving(FIFOScheduler):  # type: ignore[misc]
         self.expected = space.expected_trials() or 0
         self._state: HalvingState | None = None
         self._to_resume: dict[str, Trial] = {}  # promoted trials waiting in PAUSED for a free slot
+        self._trials: dict[str, Trial] = {}
 
     @property
     def state(self) -> HalvingState:
@@ -192,11 +193,55 @@ class ArmHalving(FIFOScheduler):  # type: ignore[misc]
         for trial_id in sorted(live):
             by_arm.setdefault(self.state.arms[trial_id], []).append(self.state.values[trial_id][str(rung)])
         scores = {arm: sum(v) / len(v) for arm, v in by_arm.items()}
-        kept = keep_arms(scores, self.space.scheduler.reduction_factor, self.space.mode)
+        kept, tests = self._keep(rung, live, scores)
         promoted = sorted(t for t in live if self.state.arms[t] in kept)
-        self.state.decided[str(rung)] = {"scores": scores, "kept": kept, "promoted": promoted}
+        self.state.decided[str(rung)] = {"scores": scores, "kept": kept, "promoted": promoted, **tests}
         self.state.out.extend(sorted(live - set(promoted)))
         self.state.save()
+
+    def _keep(self, rung: int, live: set[str], scores: dict[str, float]) -> tuple[list[str], dict[str, Any]]:
+        """The arms that go on from ``rung`` (and what the decision rests on, kept in the state)."""
+        return keep_arms(scores, self.space.scheduler.reduction_factor, self.space.mode), {}
+
+
+class ArmRacing(ArmHalving):
+    """Racing (``scheduler.type: racing``): successive halving of arms that stops an arm at a rung only when a
+    test says it is worse than the rung's leader (Maron and Moore's races; irace), never on a gap the val set
+    cannot tell from noise. At each rung the leader is the arm with the best mean val AUROC over seeds; every
+    other arm's paired difference to it (over the val images and the arms' common seeds: the analysis's
+    bootstrap, images and seeds resampled) is tested one-sided, Holm-corrected over the arms compared, at
+    ``scheduler.alpha``; of the arms significantly behind, at most (1 - 1/reduction_factor) of the arms are
+    stopped, the clearest first. Each decision's differences and p-values are kept in the experiment
+    (``halving/state.json``) and shown in the report."""
+
+    def _keep(self, rung: int, live: set[str], scores: dict[str, float]) -> tuple[list[str], dict[str, Any]]:
+        from trainables.racing import race
+
+        by_arm: dict[str, dict[int, Path]] = {}
+        for trial_id in sorted(live):
+            found = self._val_scores(trial_id, rung)
+            if found is not None:
+                by_arm.setdefault(self.state.arms[trial_id], {})[self._seed(trial_id)] = found
+        result = race(by_arm, scores, self.space.scheduler.reduction_factor, self.space.scheduler.alpha,
+                      self.space.mode, seed=rung)
+        return result["kept"], {"tests": result["tests"], "leader": result["leader"]}
+
+    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        self._trials[trial.trial_id] = trial
+        super().on_trial_add(tune_controller, trial)
+
+    def _seed(self, trial_id: str) -> int:
+        trial = self._trials.get(trial_id)
+        return int(trial.config.get("train.seed", 0)) if trial is not None else 0
+
+    def _val_scores(self, trial_id: str, rung: int) -> Path | None:
+        """The trial's per-image val scores at ``rung`` in its directory on the storage (filed before the trial
+        reported the rung)."""
+        trial = self._trials.get(trial_id)
+        if trial is None:
+            return None
+        path = self.experiment / Path(trial.path).name / "probes" / f"epoch_{rung:03d}_val.npz"
+        return path if path.is_file() else None
 
     def _apply(self, tune_controller: Any, trial_id: str, promoted: bool) -> None:
         trial = next((t for t in tune_controller.get_trials() if t.trial_id == trial_id), None)

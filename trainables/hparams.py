@@ -17,7 +17,7 @@ from torch.utils.tensorboard.summary import hparams
 
 from search_spaces.loader import INACTIVE, SEED_KEY, Space, grid_points
 
-METRICS = ("probe/val_macro_auroc", "probe/test_macro_auroc")
+METRICS = ("probe/val_macro_auroc", "probe/test_macro_auroc", "probe/rankme")
 SUFFIX = ".hparams"  # the event file of a trial's session: written once per trial
 
 

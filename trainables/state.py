@@ -7,6 +7,7 @@
                             interrupted in between restores the older one)
     reported/epoch_XXX.json each milestone report as sent to Tune (replayed when Tune did not log it)
     non_finite.txt          the divergence that ended the trial (a retry fails at once, it never retrains)
+    untrained.json          the RankMe of the trial's encoder before training (its collapse floor)
     train/                  the Ray Train runs of a trial with several workers (no checkpoints in them)
 
 Not the Tune trial directory: that is a staging folder Tune copies into the storage as it goes, and a
@@ -26,6 +27,7 @@ from mmsn.engine import NonFiniteLossError, Run
 from mmsn.loop import run_info
 
 LATEST, MILESTONES, REPORTED, NON_FINITE = "latest", "milestones", "reported", "non_finite.txt"
+UNTRAINED = "untrained.json"  # the RankMe of the trial's encoder before training
 
 
 def own_dir(experiment: str | Path, trial_id: str) -> Path:
@@ -108,6 +110,21 @@ class TrialState:
         seen = logged_epochs(logged)
         sent = (json.loads(path.read_text()) for path in sorted((self.own / REPORTED).glob("epoch_*.json")))
         return [metrics for metrics in sent if metrics.get("epoch") not in seen]
+
+    @property
+    def untrained_file(self) -> Path:
+        return self.own / UNTRAINED
+
+    def keep_untrained(self, rank: float) -> None:
+        """The RankMe of the trial's encoder before training (its collapse floor)."""
+        self.own.mkdir(parents=True, exist_ok=True)
+        self.untrained_file.write_text(json.dumps({"rankme": rank}))
+
+    def untrained(self) -> float | None:
+        try:
+            return float(json.loads(self.untrained_file.read_text())["rankme"])
+        except (OSError, ValueError, KeyError):
+            return None
 
     def mark_diverged(self, err: NonFiniteLossError) -> None:
         self.own.mkdir(parents=True, exist_ok=True)

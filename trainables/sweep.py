@@ -56,7 +56,7 @@ def build_search(space: Space, experiment: Path) -> tuple[Any, dict[str, Any], i
             random.Random(space.search.seed).shuffle(points)
         param_space = {k: tune.choice(sorted({p[k] for p in points}, key=str)) for k in keys}
         limit = space.resources.max_concurrent_trials  # TuneConfig's limit does not reach a given generator
-        generator = HalvingGenerator if space.scheduler.type == "halving" else BasicVariantGenerator
+        generator = HalvingGenerator if space.scheduler.type in ("halving", "racing") else BasicVariantGenerator
         return generator(points_to_evaluate=points, max_concurrent=limit), param_space, len(points)
     import optuna
     from ray.tune.search import ConcurrencyLimiter
@@ -103,11 +103,11 @@ def build_scheduler(space: Space, experiment: Path, search: Any) -> Any:
     """ASHA / HyperBand / halving / PBT / FIFO acting on the probe's val AUROC at each milestone epoch."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, PopulationBasedTraining
 
-    from trainables.halving import ArmHalving
+    from trainables.halving import ArmHalving, ArmRacing
 
     s, m = space.scheduler, space.scheduler.milestones
-    if s.type == "halving":  # the grid's generator: a trial paused at a rung frees its slot there
-        return ArmHalving(space, experiment, search)
+    if s.type in ("halving", "racing"):  # the grid's generator: a trial paused at a rung frees its slot there
+        return (ArmRacing if s.type == "racing" else ArmHalving)(space, experiment, search)
     common = {"time_attr": "epoch", "metric": space.metric, "mode": space.mode}
     if s.type == "asha":
         return ASHAScheduler(max_t=m[-1], grace_period=m[0], reduction_factor=s.reduction_factor, **common)

@@ -60,8 +60,10 @@ class Reports:
 
     def metrics(self, folder: Path) -> dict[str, Any]:
         info = run_info(folder)
-        keys = ("epoch", "step", "loss", "val_auroc", "trial_seconds", "train_seconds", "probe_seconds")
+        keys = ("epoch", "step", "loss", "val_auroc", "rankme", "trial_seconds", "train_seconds", "probe_seconds")
         metrics = {k: info[k] for k in keys if k in info}
+        if (floor := self.state.untrained()) is not None:
+            metrics["rankme_untrained"] = floor
         # one formula for every trial size: the GPUs the trial holds, over its whole wall time
         return {**metrics, **self.constants, "gpu_seconds": float(info.get("trial_seconds", 0.0)) * self.gpus}
 

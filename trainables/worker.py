@@ -44,6 +44,19 @@ def _maybe_die(run: Run, metrics: dict[str, Any]) -> None:
         os._exit(1)
 
 
+def untrained_rankme(run: Run, cache: Any) -> float:
+    """RankMe of the trial's encoder before any training, on the val features the probe will see: the floor
+    below which a trial's RankMe says its representation is collapsing."""
+    from mmsn.evaluate import split_features
+    from mmsn.metrics import rankme
+
+    run.objective.eval()
+    features, _ = split_features(run.objective.eval_encoder(), cache, run.cfg.probe, run.cfg.views.size, run.device,
+                                 ("val",))
+    run.objective.train()
+    return rankme(features["val"])
+
+
 def assigned_device(requested: str, fraction: float = 1.0) -> torch.device:
     """The device Ray assigned this process: a GPU only when the trial was given one (Ray 2.60 leaves every
     GPU visible to a 0-GPU task), whatever ``train.device: auto`` would pick; ``cuda`` without one is an
@@ -79,7 +92,11 @@ def _run(job: Any, rank: int, world: int, device: torch.device, wrap: Callable[[
     run = build_run(job.cfg, cache, device, rank, world, wrap=wrap)
     if start is not None:
         load_state_dict(run, load_state(start))
+    elif rank == 0 and not state.untrained_file.is_file():
+        state.keep_untrained(untrained_rankme(run, cache))
     writer = SummaryWriter(job.tb_dir) if rank == 0 else None
+    if writer is not None and (floor := state.untrained()) is not None:
+        writer.add_scalar("probe/rankme_untrained", floor, 0)
     sink = state.sink(forward or (lambda epoch: None)) if rank == 0 else None
     try:
         train(run, job.cfg.train.epochs, cache, job.milestones, sink, writer,

@@ -125,6 +125,6 @@ class MAE(FusedOnline):
         return self.encoder
 
 
-SPEC = ObjectiveSpec(name="mae", build=MAE, section="mae", config=MAEConfig)
+SPEC = ObjectiveSpec(name="mae", build=MAE, section="mae", config=MAEConfig, rankme=False)
 
 __all__ = ["SPEC", "MAEConfig", "MAE", "MAEDecoder", "masked_patch_mse", "patchify"]

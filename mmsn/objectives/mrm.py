@@ -168,6 +168,7 @@ def _describe(cfg: Config) -> list[str]:
 
 SPEC = ObjectiveSpec(name="mrm_ehr", build=MRMEHR, section="mrm", config=MRMConfig, reads=("mae",),
                      ehr_targets=_record, check=_check, describe=_describe,
-                     ehr_free={"objective.name": "mae"})  # MAE is mrm_ehr without its record target
+                     ehr_free={"objective.name": "mae"},  # MAE is mrm_ehr without its record target
+                     rankme=False)
 
 __all__ = ["MRMConfig", "MRMEHR", "RecordDecoder", "SPEC", "mask_fields", "record_loss"]

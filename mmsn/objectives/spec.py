@@ -36,6 +36,8 @@ class ObjectiveSpec:
         (``record:age+sex``); empty when it uses none.
     ehr_free: dotted overrides (besides ``ehr.fusion: none``) that give the same run without any EHR: the
         counterpart an EHR use is measured against (msn_supcon -> msn).
+    rankme: whether RankMe (the effective rank of its embeddings) can rank its runs: False for reconstruction
+        objectives (MAE-like), whose embeddings are not trained to spread (Garrido et al.).
     """
 
     name: str
@@ -47,6 +49,7 @@ class ObjectiveSpec:
     check: Callable[[Config, Sequence[EHRColumn]], None] | None = None
     describe: Callable[[Config], list[str]] | None = None
     ehr_free: Mapping[str, Any] = field(default_factory=dict)
+    rankme: bool = True
 
     def __post_init__(self) -> None:
         if (self.section is None) != (self.config is None):
