@@ -461,13 +461,14 @@ def _rankme(f: Findings) -> str:
     if "rankme" not in f.trials or f.trials["rankme"].isna().all():
         return ""
     from analysis.stats import rank_agreement
+    from mmsn.metrics import collapsing
 
     arms = _rankme_table(f.trials)
-    collapsed = arms[arms["rankme"] < arms["rankme_untrained"]]
+    collapsed = arms[[collapsing(r, u) for r, u in zip(arms["rankme"], arms["rankme_untrained"])]]
     table = pd.DataFrame({"arm": arms["arm"], "RankMe": [num(v, ".2f") for v in arms["rankme"]],
                           "untrained": [num(v, ".2f") for v in arms["rankme_untrained"]],
                           "val AUROC": [num(v) for v in arms["val_auroc"]],
-                          "collapse?": ["yes" if r < u else "" for r, u in
+                          "collapse?": ["yes" if collapsing(r, u) else "" for r, u in
                                         zip(arms["rankme"], arms["rankme_untrained"])]})
     groups = [("all arms", arms)]
     if "objective.name" in arms and arms["objective.name"].nunique() > 1:
@@ -486,7 +487,7 @@ def _rankme(f: Findings) -> str:
              "encoder's RankMe.")
     return ("## RankMe (label-free)\n\nRankMe is the effective rank of the val features the probe extracted at "
             "each milestone (Garrido et al., ICML 2023): no labels, no extra forward pass. It is meant for comparing "
-            "runs of one method. A trial whose RankMe falls below its own encoder's before training is losing "
+            "runs of one method. A trial whose RankMe falls below 95 % of its own encoder's before training is losing "
             f"dimensions it started with. {alarm}\n\nAgreement with the probe's val AUROC across arms:\n\n"
             + "\n".join(lines) + "\n\n" + md_table(table) + "\n")
 

@@ -19,6 +19,7 @@ resample happens to lack).
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
+from tqdm import tqdm
 
 from mmsn.metrics import resample_counts, weighted_auroc
 
@@ -87,7 +89,9 @@ def build_bank(scores: Mapping[Any, np.ndarray], targets: np.ndarray, labels: Se
     boot = np.full((n_boot, len(keys), n_labels), np.nan)
     rng = np.random.default_rng(seed)
     chunk = chunk or max(1, 400_000 // max(n, 1))  # ~3 MB per (chunk, N) count array
-    for lo in range(0, n_boot, chunk):
+    # a progress bar on a terminal only (tqdm's disable=None): at MIMIC-CXR scale this is minutes
+    for lo in tqdm(range(0, n_boot, chunk), desc="bootstrap", unit="chunk", file=sys.stderr, disable=None,
+                   leave=False):
         counts = resample_counts(rng, n, min(chunk, n_boot - lo))
         for k, s in enumerate(stacked):
             for j in range(n_labels):

@@ -134,6 +134,14 @@ def bootstrap_per_label(y: np.ndarray, scores: np.ndarray, n_boot: int = 1000, s
     return np.array([percentile_ci(boot[:, j], alpha) for j in range(y.shape[1])]).reshape(-1, 2)
 
 
+COLLAPSE_MARGIN = 0.95  # a RankMe under 95 % of the untrained encoder's is a loss of dimensions, not noise
+
+
+def collapsing(rank: float, untrained: float) -> bool:
+    """Whether a trained encoder's RankMe is below its untrained encoder's (by more than noise)."""
+    return bool(rank < COLLAPSE_MARGIN * untrained)
+
+
 def rankme(features: np.ndarray, eps: float = 1e-7) -> float:
     """RankMe (Garrido et al., ICML 2023): the effective rank exp(H(p)) of an (N, D) embedding matrix, with
     p_k = s_k / sum(s) + eps over its singular values s (the embeddings as they are, not centred). Between 1

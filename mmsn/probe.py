@@ -11,6 +11,7 @@ in pretraining and here (``mmsn.data.transforms.to_input``).
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from mmsn.config import ProbeConfig
 from mmsn.data.transforms import to_input
@@ -62,8 +64,11 @@ def extract_features(encode: Callable[[torch.Tensor], torch.Tensor], images: np.
     rows = np.asarray(rows)
     chunks: list[np.ndarray] = []
     pin = device.type == "cuda"  # page-locked batches copy to the GPU without blocking the host
+    # a progress bar on a terminal only (tqdm's disable=None): a reference's pass over a real cache takes minutes
+    batches = tqdm(range(0, len(rows), batch_size), desc="features", unit="batch", file=sys.stderr, disable=None,
+                   leave=False)
     with torch.inference_mode():
-        for lo in range(0, len(rows), batch_size):
+        for lo in batches:
             batch = torch.from_numpy(np.ascontiguousarray(images[rows[lo:lo + batch_size]]))
             batch = batch.pin_memory() if pin else batch
             x = to_input(batch.to(device, non_blocking=True))  # (B, 1, H, W); uint8 is cheaper to move

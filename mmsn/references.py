@@ -147,14 +147,36 @@ def reference_features(name: str, cache: Cache, cfg: Config, device: torch.devic
     raise ValueError(f"unknown reference {name!r}; valid: {', '.join(REFERENCES)}")
 
 
-def compute(cache: Cache, cfg: Config, device: torch.device,
-            names: Sequence[str] = DEFAULT) -> dict[str, dict[str, ProbeResult]]:
-    """name -> split -> probe result, for the references that exist for this cache."""
-    out: dict[str, dict[str, ProbeResult]] = {}
+def stored_features(out: Path | None, stamp: str, name: str, cache: Cache, cfg: Config,
+                    device: torch.device) -> Features | None:
+    """:func:`reference_features`, extracted once per (cache, recipe) and kept in ``out`` as
+    ``<slug>_features.npz`` (float32; its fingerprint inside): every label fraction and draw of the evaluation
+    protocol, and every later analysis, probes the same features instead of running the encoder again."""
+    path = out / f"{REFERENCES[name]}_features.npz" if out is not None else None
+    if path is not None and path.is_file():
+        with np.load(path) as data:
+            if str(data["stamp"]) == stamp:
+                return ({s: data[f"x_{s}"] for s in FEATURE_SPLITS}, {s: data[f"y_{s}"] for s in FEATURE_SPLITS})
+    features = reference_features(name, cache, cfg, device)
+    if features is not None and path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp.npz")
+        arrays: dict[str, Any] = {"stamp": np.asarray(stamp), **{f"x_{s}": features[0][s] for s in FEATURE_SPLITS},
+                                  **{f"y_{s}": features[1][s] for s in FEATURE_SPLITS}}
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+    return features
+
+
+def compute(cache: Cache, cfg: Config, device: torch.device, names: Sequence[str] = DEFAULT,
+            out: Path | None = None) -> dict[str, dict[str, ProbeResult]]:
+    """name -> split -> probe result, for the references that exist for this cache (features kept in ``out``)."""
+    results: dict[str, dict[str, ProbeResult]] = {}
+    stamp = fingerprint(cache, cfg)
     for name in names:
-        if (features := reference_features(name, cache, cfg, device)) is not None:
-            out[name] = fit(features, cache, cfg.probe)
-    return out
+        if (features := stored_features(out, stamp, name, cache, cfg, device)) is not None:
+            results[name] = fit(features, cache, cfg.probe)
+    return results
 
 
 def write(out: Path, results: dict[str, dict[str, ProbeResult]], stamp: str, suffix: str = "") -> None:
@@ -198,7 +220,7 @@ def ensure(out: Path, cache: Cache, cfg: Config, device: torch.device,
     stamp = fingerprint(cache, cfg)
     missing = _missing(read(out, stamp), cache, names)
     if missing:
-        write(out, compute(cache, cfg, device, missing), stamp)
+        write(out, compute(cache, cfg, device, missing, out), stamp)
     return read(out, stamp)
 
 
@@ -210,7 +232,7 @@ def ensure_protocol(out: Path, cache: Cache, cfg: Config, device: torch.device, 
     fingerprint holds."""
     from mmsn.protocol import draw_seeds
 
-    stamp, features = fingerprint(cache, cfg), {}
+    stamp, features = fingerprint(cache, cfg), {}  # features: in memory here, on disk across calls
     found: dict[tuple[str, float, int], tuple[dict, Path]] = {}
     for fraction in fractions:
         for d, seed in enumerate(draw_seeds(fraction, draws, cfg.probe.seed)):
@@ -220,7 +242,7 @@ def ensure_protocol(out: Path, cache: Cache, cfg: Config, device: torch.device, 
                 probe = dataclasses.replace(cfg.probe, label_fraction=fraction, seed=seed, bootstrap=0)
                 for name in missing:
                     if name not in features:
-                        features[name] = reference_features(name, cache, cfg, device)
+                        features[name] = stored_features(out, stamp, name, cache, cfg, device)
                 results = {n: fit(f, cache, probe) for n in missing if (f := features[n]) is not None}
                 write(out, results, stamp, suffix)
             found.update({(n, fraction, d): v for n, v in read(out, stamp, suffix).items()})
@@ -228,4 +250,4 @@ def ensure_protocol(out: Path, cache: Cache, cfg: Config, device: torch.device, 
 
 
 __all__ = ["DEFAULT", "RAW_GRID", "REFERENCES", "compute", "ensure", "ensure_protocol", "fingerprint", "read",
-           "write"]
+           "stored_features", "write"]

@@ -254,6 +254,27 @@ def test_reference_command_writes_the_three_references(synthetic_cache: Path, tm
     assert references.fingerprint(cache, wider) != found["raw pixels"][0]["fingerprint"]
 
 
+def test_reference_features_are_extracted_once_for_every_fraction_and_draw(synthetic_cache: Path, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The protocol's references at several label fractions (and an analysis later): one pass of each encoder
+    over the cache, the features kept beside the references."""
+    from mmsn import references
+    from mmsn.config import load_config
+    from mmsn.data.cache import open_cache
+
+    cache = open_cache(synthetic_cache)
+    cfg = load_config(None, ["views.size=32", "model.backbone=vit_nano", "probe.bootstrap=0"])
+    calls: list[str] = []
+    original = references.reference_features
+    monkeypatch.setattr(references, "reference_features",
+                        lambda name, *args: calls.append(name) or original(name, *args))
+    for fraction in (0.5, 1.0):  # as the analysis asks: one fraction at a time
+        found = references.ensure_protocol(tmp_path / "refs", cache, cfg, torch.device("cpu"), [fraction], draws=2)
+        assert {f for _, f, _ in found} == {fraction}
+    references.ensure(tmp_path / "refs", cache, cfg, torch.device("cpu"))  # the primary rows, same features
+    assert sorted(calls) == ["EHR only", "random init", "raw pixels"]  # once each
+
+
 def test_supervised_reference_trains_the_architecture_and_is_seeded(synthetic_cache: Path, tmp_path: Path) -> None:
     from mmsn import references
     from mmsn.cli import main

@@ -103,6 +103,8 @@ def test_asha_sweep_on_probe_auroc_with_a_quiet_console_and_hparams(tmp_path: Pa
     assert writers == [1] * len(trials), writers
     assert not list((experiment / "train_runs").iterdir())  # every trial's own state removed as it ended
     check_console(out, trials, budget=40)
+    # the reference rows came from a task beside the trials, on the storage before the analysis looked
+    assert "references computed beside the trials: EHR only, random init, raw pixels" in out
     check_hparams(experiment, trials, axes={"ehr.fusion", "ehr.features", "train.seed"})
     report = experiment / "analysis"  # the sweep's last step is `mmsn analyze`
     assert {"report.md", "ranking.csv", "trials.parquet", "ranking.png", "val_curves.png", "per_label_diff.png",

@@ -14,6 +14,7 @@ from typing import Any
 from ray.tune import Callback
 
 from mmsn.errors import MMSNError
+from mmsn.metrics import collapsing
 from search_spaces.loader import Space
 
 
@@ -61,7 +62,7 @@ class Console(Callback):  # type: ignore[misc]
                 self.best = (float(value), str(result.get("arm", result.get("variant", "?"))))
         rank, floor = result.get("rankme"), result.get("rankme_untrained")
         effective = f", RankMe {rank:.1f}" if isinstance(rank, (int, float)) else ""
-        if isinstance(rank, (int, float)) and isinstance(floor, (int, float)) and rank < floor:
+        if isinstance(rank, (int, float)) and isinstance(floor, (int, float)) and collapsing(rank, floor):
             effective += f" BELOW the untrained encoder's {floor:.1f}: collapsing?"
         print(f"{_name(self.space, trial, result)}: epoch {result.get('epoch')} val AUROC {value:.4f}{effective} "
               f"(trial {result.get('trial_seconds', 0):.0f} s so far: {result.get('train_seconds', 0):.0f} s "

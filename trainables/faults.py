@@ -93,6 +93,49 @@ class StorageGuard(Callback):  # type: ignore[misc]
             os.kill(os.getpid(), signal.SIGINT)  # Tune's own interrupt: state saved, trials resumable
 
 
+class NodeWatch(Callback):  # type: ignore[misc]
+    """A fixed cluster that lost the node a trial needs must not hang in silence. When a trial waits
+    (PENDING) and no alive node can hold it, the driver says at once which trial waits for what, against the
+    nodes alive; unless the sweep waits for the cluster to grow (``wait``), it stops after ``grace_s`` seconds
+    (unfinished trials stay unfinished for ``--resume``) and ``stuck`` says why."""
+
+    def __init__(self, resources: Any, driver: float, grace_s: float, wait: bool, every_s: float = 5.0) -> None:
+        self.resources, self.driver, self.grace_s, self.wait, self.every_s = resources, driver, grace_s, wait, every_s
+        self.stuck: str | None = None
+        self._since: float | None = None
+        self._said = ""
+        self._checked = 0.0
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.stuck or time.time() - self._checked < self.every_s:
+            return
+        self._checked = time.time()
+        waiting = [t for t in trials if str(t.status) == "PENDING"]
+        if not waiting:
+            self._since, self._said = None, ""
+            return
+        from trainables.resources import cluster_nodes, unmet
+
+        nodes = cluster_nodes()
+        problems = unmet(self.resources, nodes, self.driver)
+        if not problems:
+            self._since, self._said = None, ""
+            return
+        alive = ", ".join(f"{n.cpus:g} CPU / {n.gpus:g} GPU" for n in nodes) or "none"
+        what = (f"{len(waiting)} trial(s) waiting ({waiting[0].trial_id}, ...): {'; '.join(problems)} "
+                f"(alive nodes: {alive})")
+        self._since = self._since or time.time()
+        if what != self._said:
+            self._said = what
+            then = ("waiting for the cluster to grow (--wait-for-resources)" if self.wait else
+                    f"the sweep stops in {self.grace_s / 60:g} min unless a node that fits joins")
+            print(f"NO NODE FITS: {what}; {then}", flush=True)
+        if not self.wait and time.time() - self._since >= self.grace_s:
+            self.stuck = f"no alive node could hold a trial for {self.grace_s / 60:g} min: {what}"
+            print(f"STOPPING: {self.stuck}", flush=True)
+            os.kill(os.getpid(), signal.SIGINT)  # Tune's own interrupt: finished trials kept, the rest resumable
+
+
 @dataclass
 class Outcome:
     """How a sweep ended: the exit status and one last line per cause."""
@@ -105,11 +148,14 @@ class Outcome:
         self.lines.append(line)
 
 
-def outcome(results: Any, guard: StorageGuard | None, ranked: bool) -> Outcome:
+def outcome(results: Any, guard: StorageGuard | None, ranked: bool, watch: NodeWatch | None = None) -> Outcome:
     """Exit 0 when the sweep produced its ranking and no trial failed for an infrastructure reason."""
     out = Outcome()
     if guard is not None and guard.full:
         out.add(EXIT_STORAGE_FULL, f"storage full: {guard.full}; free space, then run the same command with --resume")
+    if watch is not None and watch.stuck:
+        out.add(EXIT_INFRASTRUCTURE, f"stopped: {watch.stuck}; add a node that fits, then run the same command with "
+                                     "--resume (or pass --wait-for-resources on a cluster that grows)")
     infra = [r for r in results if r.error is not None and not own_fault(f"{type(r.error).__name__}: {r.error}")]
     own = [r for r in results if r.error is not None and r not in infra]
     if infra:
@@ -118,10 +164,11 @@ def outcome(results: Any, guard: StorageGuard | None, ranked: bool) -> Outcome:
                                      "same command with --resume to continue them from their last state")
     if own:
         out.lines.append(f"{len(own)} trial(s) failed on their own (a result, not retried): see the report")
-    if not ranked and not (guard is not None and guard.full):  # (a full storage skips the analysis itself)
+    stopped = (guard is not None and guard.full) or (watch is not None and watch.stuck)
+    if not ranked and not stopped:  # (a stopped sweep skips the analysis itself)
         out.add(EXIT_NO_RANKING, "no ranking: no trial reported a result")
     return out
 
 
-__all__ = ["EXIT_INFRASTRUCTURE", "EXIT_NO_RANKING", "EXIT_STORAGE_FULL", "Outcome", "StorageGuard", "outcome",
-           "own_fault"]
+__all__ = ["EXIT_INFRASTRUCTURE", "EXIT_NO_RANKING", "EXIT_STORAGE_FULL", "NodeWatch", "Outcome", "StorageGuard",
+           "outcome", "own_fault"]

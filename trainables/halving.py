@@ -204,6 +204,17 @@ class ArmHalving(FIFOScheduler):  # type: ignore[misc]
         return keep_arms(scores, self.space.scheduler.reduction_factor, self.space.mode), {}
 
 
+    def _apply(self, tune_controller: Any, trial_id: str, promoted: bool) -> None:
+        trial = next((t for t in tune_controller.get_trials() if t.trial_id == trial_id), None)
+        if trial is None or trial.status in (Trial.TERMINATED, Trial.ERROR):
+            return
+        if not promoted:
+            tune_controller.stop_trial(trial)
+        elif trial.status != Trial.RUNNING or trial.is_saving:
+            # paused, or being paused (saving): run again when a slot is free
+            self._to_resume[trial_id] = trial
+
+
 class ArmRacing(ArmHalving):
     """Racing (``scheduler.type: racing``): successive halving of arms that stops an arm at a rung only when a
     test says it is worse than the rung's leader (Maron and Moore's races; irace), never on a gap the val set
@@ -242,13 +253,3 @@ class ArmRacing(ArmHalving):
             return None
         path = self.experiment / Path(trial.path).name / "probes" / f"epoch_{rung:03d}_val.npz"
         return path if path.is_file() else None
-
-    def _apply(self, tune_controller: Any, trial_id: str, promoted: bool) -> None:
-        trial = next((t for t in tune_controller.get_trials() if t.trial_id == trial_id), None)
-        if trial is None or trial.status in (Trial.TERMINATED, Trial.ERROR):
-            return
-        if not promoted:
-            tune_controller.stop_trial(trial)
-        elif trial.status != Trial.RUNNING or trial.is_saving:
-            # paused, or being paused (saving): run again when a slot is free
-            self._to_resume[trial_id] = trial

@@ -260,11 +260,11 @@ def record_sweep(space: Space, experiment: Path, cache: Path, smoke: bool, proto
 
 def run_sweep(space_path: Path, name: str | None = None, storage: Path = Path("experiments"),
               smoke: bool = False, resume: bool = False, address: str | None = None,
-              wait_for_resources: bool = False, verbose: bool = False) -> int:
+              wait_for_resources: bool = False, verbose: bool = False, node_grace_s: float = 600.0) -> int:
     """Validate the space (before Ray starts), check one trial fits, prepare the cache, run or resume."""
     space = load_space(space_path, smoke=smoke)
     return run_space(space, storage.resolve() / (name or space.name + ("-smoke" if smoke else "")),
-                     smoke, resume, address, wait_for_resources, verbose)
+                     smoke, resume, address, wait_for_resources, verbose, node_grace_s)
 
 
 def check_resources(space: Space, wait: bool) -> None:
@@ -284,7 +284,8 @@ def check_resources(space: Space, wait: bool) -> None:
 
 
 def run_space(space: Space, experiment: Path, smoke: bool = False, resume: bool = False,
-              address: str | None = None, wait_for_resources: bool = False, verbose: bool = False) -> int:
+              address: str | None = None, wait_for_resources: bool = False, verbose: bool = False,
+              node_grace_s: float = 600.0) -> int:
     """Run (or resume) a loaded space as experiment ``experiment`` (its parent holds the data caches); returns
     the exit status (trainables.faults.outcome), its causes printed last."""
     storage = experiment.parent
@@ -308,15 +309,22 @@ def run_space(space: Space, experiment: Path, smoke: bool = False, resume: bool 
         write_experiment(experiment, space)
     guard = storage_guard(space, storage)
     guard.reserve(experiment)
+    from trainables import references
+    from trainables.faults import NodeWatch, outcome
+    from trainables.resources import DRIVER_CPUS
+
+    watch = NodeWatch(space.resources, 0.0 if space.resources.workers == 1 else DRIVER_CPUS, node_grace_s,
+                      wait_for_resources)
+    beside = references.start(space, experiment, cache, protocol.to_dict() if protocol else None)
     try:
-        results = make_tuner(space, experiment, cache, resume, protocol, verbose, [guard]).fit()
+        results = make_tuner(space, experiment, cache, resume, protocol, verbose, [guard, watch]).fit()
     finally:
         guard.release()
-    from trainables.faults import outcome
+    print(references.finish(beside), flush=True)
     from trainables.summary import print_summary
 
-    ranked = print_summary(results, space, experiment, analyze_it=guard.full is None)
-    ended = outcome(results, guard, ranked)
+    ranked = print_summary(results, space, experiment, analyze_it=guard.full is None and watch.stuck is None)
+    ended = outcome(results, guard, ranked, watch)
     for line in ended.lines:
         print(line, flush=True)
     return ended.code
@@ -358,14 +366,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smoke", action="store_true", help="apply the space's smoke settings (tiny, fast)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--node-grace", type=float, default=10.0, metavar="MINUTES",
+                   help="how long a trial may wait with no alive node able to hold it (a node died on a fixed "
+                        "cluster) before the sweep stops, resumable (default: 10)")
     p.add_argument("--wait-for-resources", action="store_true",
                    help="on an autoscaling cluster: wait for nodes instead of refusing a trial that does not fit")
     p.add_argument("--verbose", action="store_true", help="also show Ray worker and Ray Train output")
 
 
 def sweep_command(args: argparse.Namespace) -> int:
+    if args.node_grace < 0:
+        raise MMSNError(f"--node-grace {args.node_grace}: minutes, >= 0")
     return run_sweep(args.space, args.name, args.storage, args.smoke, args.resume, args.address,
-                     args.wait_for_resources, args.verbose)
+                     args.wait_for_resources, args.verbose, args.node_grace * 60)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
