@@ -64,6 +64,22 @@ def synthetic_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return prepare(load_source("synthetic", None, 0), out, size=32, seed=0, split=(0.6, 0.2, 0.2), n=600)
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for gloo groups and Ray heads)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ray_cli() -> str:
+    """The ``ray`` command of the test's interpreter (even when the venv is not activated)."""
+    import sys
+
+    return str(Path(sys.executable).with_name("ray"))
+
+
 TINY_RUN = [
     "views.size=32", "views.focal_size=16", "views.n_focal=2", "model.backbone=vit_nano",
     "model.head_hidden=64", "model.head_out=32", "model.n_prototypes=32", "ehr.embed_dim=16",

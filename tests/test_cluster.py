@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,18 +24,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import free_port, ray_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def ray_cli() -> str:
-    return str(Path(sys.executable).with_name("ray"))
 
 
 class Cluster:

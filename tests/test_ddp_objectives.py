@@ -13,8 +13,8 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import default_collate
 
-from tests.conftest import tiny_source
-from tests.gloo import free_port, gloo_group
+from tests.conftest import free_port, tiny_source
+from tests.gloo import gloo_group
 
 WORLD = 2
 # A recipe file (it names no objective, so its sections for every objective are allowed)

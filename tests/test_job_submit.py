@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,18 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import free_port, ray_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def ray_cli() -> str:
-    return str(Path(sys.executable).with_name("ray"))
 
 
 def check_pbt(experiment: Path, out: str, marker: Path) -> None:

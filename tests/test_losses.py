@@ -10,7 +10,8 @@ import torch
 import torch.multiprocessing as mp
 
 from mmsn.losses import MSNLoss, MSNLossOutput, mean_entropy_penalty, prototype_logits, sharpen, sinkhorn
-from tests.gloo import free_port, gloo_group
+from tests.conftest import free_port
+from tests.gloo import gloo_group
 
 
 def _inputs(batch: int, views: int, dim: int, k: int, seed: int = 0) -> tuple[torch.Tensor, ...]:

@@ -19,7 +19,8 @@ from mmsn.losses import (
     variance_term,
     vicreg_loss,
 )
-from tests.gloo import free_port, gloo_group
+from tests.conftest import free_port
+from tests.gloo import gloo_group
 
 
 def _randn(*shape: int, seed: int = 0) -> torch.Tensor:

@@ -12,7 +12,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from mmsn.losses import supcon_loss, supcon_masks
-from tests.gloo import free_port, gloo_group
+from tests.conftest import free_port
+from tests.gloo import gloo_group
 
 
 def _randn(*shape: int, seed: int = 0) -> torch.Tensor:

@@ -65,12 +65,14 @@ def ensure_data(data: DataSpec, storage: Path, exclude_of: Path | None = None) -
     exclude = () if exclude_of is None else set(open_cache(exclude_of).table["patient_id"].astype(str))
     import ray
 
-    cpus = preparation_cpus() if ray.is_initialized() else 1
-    where = "on a worker node" if ray.is_initialized() else "here"
+    # a worker node's CPUs for a real dataset; a small cache is ready before a Ray worker would have started
+    on_ray = ray.is_initialized() and (data.n is None or data.n >= RAY_PREPARE_FROM)
+    cpus = preparation_cpus() if on_ray else 1
+    where = "on a worker node" if on_ray else "here"
     print(f"preparing {data.dataset} cache ({data.n or 'all'} images at {data.size} px) with {cpus} "
           f"process{'es' if cpus > 1 else ''} {where} -> {out}", flush=True)
     start = time.time()
-    if ray.is_initialized():
+    if on_ray:
         ray.get(ray.remote(_prepare).options(num_cpus=cpus).remote(data, out, exclude, cpus))
     else:
         _prepare(data, out, exclude, cpus)
@@ -93,6 +95,7 @@ def _prepare(data: DataSpec, out: Path, exclude: set[str] | tuple[()], workers: 
 
 
 MAX_PREPARE_CPUS = 16  # past this, reading the raw images from storage is what limits preparation
+RAY_PREPARE_FROM = 2000  # images: smaller caches (smoke corners) are prepared by the driver itself
 
 
 def preparation_cpus() -> int:
