@@ -1,13 +1,16 @@
 """Multi-fidelity against the full grid: does a scheduler find the grid's best arm at a fraction of its compute?
 
 Runs one space as (a) FIFO, every arm to the last milestone (the full grid), and (b) each scheduler of
-``--schedulers`` (default: the space's own; ``asha``, ``hyperband``, ``halving``) on the probe's val AUROC,
+``--schedulers`` (default: the space's own; ``asha``, ``hyperband``, ``halving``, ``racing``) on the probe's val AUROC,
 with the same milestones. Prints per run the trial-seconds (split into epochs, probes and overhead: worker
 starts, state loading, checkpoints; goal <= 5 %), wall seconds and disk per trial; per scheduler its compute
 over the grid's, whether its best arm is the grid's (best: the highest mean val AUROC over seeds at the last
 milestone, among arms that reached it), the Spearman correlation of the arms' val AUROC (at the last
 milestone each reached) with the grid's, and the epochs each arm reached; then (``--epoch-time``) the epoch
-time of Ray Train pretraining with 1 and 2 workers. Goal: the same best arm at <= 35 % of the grid's compute.
+time of Ray Train pretraining with 1 and 2 workers. For the grid, at every milestone: the agreement of the
+label-free RankMe with the val AUROC across arms (Spearman and Kendall, CIs from resampling arms) and what
+the arm of the highest RankMe gives up in val AUROC (RankMe as a scheduler's signal).
+Goal: the same best arm at <= 35 % of the grid's compute.
 
     python benchmarks/bench_sweep.py --space benchmarks/spaces/lr_mask.yaml --schedulers asha,halving
     python benchmarks/bench_sweep.py --milestones 2,4,8 --epoch-time   # the quickstart, half its budget
@@ -25,9 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from scipy.stats import spearmanr
 
 from analysis.load import load_trials
+from analysis.stats import rank_agreement
 from search_spaces.loader import Space, load_space
 from trainables.sweep import ensure_cache, run_space
 
@@ -80,6 +85,31 @@ def summarise(experiment: Path, last: int) -> dict:
             "epochs": {str(arm): int(e) for arm, e in trials.groupby("arm")["epoch"].max().items()}}
 
 
+def milestone_points(experiment: Path) -> dict[int, dict[str, tuple[float, float]]]:
+    """Per milestone, each arm's (val AUROC, RankMe), means over seeds, from every trial's milestone reports."""
+    points: dict[int, dict[str, list[tuple[float, float]]]] = {}
+    for result in experiment.glob("*/result.json"):
+        for line in result.read_text().splitlines():
+            r = json.loads(line) if line.strip() else {}
+            if isinstance(r.get("val_auroc"), float) and isinstance(r.get("rankme"), float):
+                points.setdefault(int(r["epoch"]), {}).setdefault(r["arm"], []).append((r["val_auroc"], r["rankme"]))
+    return {e: {arm: (float(np.mean([v for v, _ in xs])), float(np.mean([k for _, k in xs])))
+                for arm, xs in arms.items()} for e, arms in sorted(points.items())}
+
+
+def rankme_agreement(experiment: Path) -> dict[int, dict]:
+    """At each milestone, across the arms that reached it: Spearman and Kendall of RankMe with val AUROC (CIs
+    from resampling arms), and what picking the arm of the highest RankMe gives up in val AUROC there."""
+    out = {}
+    for epoch, arms in milestone_points(experiment).items():
+        names = sorted(arms)
+        auroc, rank = [arms[a][0] for a in names], [arms[a][1] for a in names]
+        pick = names[int(np.argmax(rank))]
+        out[epoch] = {**rank_agreement(rank, auroc), "rankme_pick": pick,
+                      "regret": max(auroc) - arms[pick][0], "best": names[int(np.argmax(auroc))]}
+    return out
+
+
 def epoch_time(space: Space, storage: Path, workers: int) -> float:
     """Seconds per epoch of a trial's Ray Train run (2 epochs, the second timed, no milestone) with N workers:
     the trial path's worker (trainables.worker.train_worker) as a sweep runs it."""
@@ -130,6 +160,7 @@ def main() -> None:
             run_space(with_scheduler(space, kind), experiment, smoke=args.smoke)
         results[name] = {**summarise(experiment, space.epochs), "wall_seconds": tune_wall_seconds(experiment)}
     grid = results["grid"]
+    grid["rankme_agreement"] = rankme_agreement(storage / f"{space.name}-grid")
     for kind in kinds:
         run = results[kind]
         common = sorted(grid["val_auroc"])
@@ -169,6 +200,11 @@ def report(space: Space, results: dict, kinds: list[str]) -> None:
               f"below the grid's best); Spearman rank correlation of arms: {r['spearman']:.2f}; wall "
               f"{r['wall_seconds']:.0f} s vs grid {results['grid']['wall_seconds']:.0f} s")
         print(f"epochs reached under {kind}: " + ", ".join(f"{k} {v}" for k, v in r["epochs"].items()))
+    for epoch, a in results["grid"]["rankme_agreement"].items():
+        print(f"RankMe vs val AUROC at epoch {epoch} over {a['n']:.0f} grid arms: Spearman {a['spearman']:.2f} "
+              f"[{a['spearman_lo']:.2f}, {a['spearman_hi']:.2f}], Kendall {a['kendall']:.2f} [{a['kendall_lo']:.2f}, "
+              f"{a['kendall_hi']:.2f}]; the highest RankMe is {a['rankme_pick']}, {a['regret']:.4f} val AUROC below "
+              f"the best ({a['best']})")
     sd = results["grid"].get("seed_sd")
     print("seed spread (median over arms of the grid's sd over seeds at the last milestone): "
           + (f"{sd:.4f}" if sd is not None else "one seed"))
