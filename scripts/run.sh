@@ -44,7 +44,7 @@ case "$cmd" in
             # The tests without Ray in parallel on the machine's cores, then the Ray sweeps one at a time
             # (each starts its own local Ray sized for the machine).
             python -m pytest -q -n auto -m "not slow"
-            python -m pytest -q -m slow
+            python -m pytest -q -m slow --durations=12  # their times: what to merge when CI is slow
         fi
         ;;
     *) echo "usage: bash scripts/run.sh {setup|quickstart|test} [args...]" >&2; exit 2 ;;
