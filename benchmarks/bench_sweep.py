@@ -44,14 +44,19 @@ def with_scheduler(space: Space, kind: str, milestones: tuple[int, ...] | None =
     return dataclasses.replace(space, scheduler=sched)
 
 
+def trial_results(experiment: Path) -> list[list[dict]]:
+    """Every trial's Tune results (its result.json lines), one list per trial that reported."""
+    runs = ([json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+            for result in experiment.glob("*/result.json"))
+    return [lines for lines in runs if lines]
+
+
 def compute_split(experiment: Path) -> dict[str, float]:
     """Summed over trials, from each trial's last milestone report: trial wall seconds, epoch compute and
     probes; the rest (worker-group starts, state loading, checkpoint writing) is the overhead."""
     totals = {"trial_seconds": 0.0, "train_seconds": 0.0, "probe_seconds": 0.0}
-    for result in experiment.glob("*/result.json"):
-        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        if lines:
-            totals = {k: v + float(lines[-1].get(k) or 0.0) for k, v in totals.items()}
+    for lines in trial_results(experiment):
+        totals = {k: v + float(lines[-1].get(k) or 0.0) for k, v in totals.items()}
     overhead = totals["trial_seconds"] - totals["train_seconds"] - totals["probe_seconds"]
     return {**totals, "overhead_seconds": overhead, "overhead_share": overhead / max(totals["trial_seconds"], 1e-9)}
 
@@ -60,11 +65,9 @@ def tune_wall_seconds(experiment: Path) -> float:
     """From the first trial's start to the last result, as the trials' results record them (Ray's start
     and the analysis left out)."""
     starts, ends = [], []
-    for result in experiment.glob("*/result.json"):
-        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        if lines:
-            starts.append(lines[0]["timestamp"] - float(lines[0].get("time_total_s") or 0.0))
-            ends.append(lines[-1]["timestamp"])
+    for lines in trial_results(experiment):
+        starts.append(lines[0]["timestamp"] - float(lines[0].get("time_total_s") or 0.0))
+        ends.append(lines[-1]["timestamp"])
     return max(ends) - min(starts) if starts else float("nan")
 
 
@@ -88,11 +91,9 @@ def summarise(experiment: Path, last: int) -> dict:
 def milestone_points(experiment: Path) -> dict[int, dict[str, tuple[float, float]]]:
     """Per milestone, each arm's (val AUROC, RankMe), means over seeds, from every trial's milestone reports."""
     points: dict[int, dict[str, list[tuple[float, float]]]] = {}
-    for result in experiment.glob("*/result.json"):
-        for line in result.read_text().splitlines():
-            r = json.loads(line) if line.strip() else {}
-            if isinstance(r.get("val_auroc"), float) and isinstance(r.get("rankme"), float):
-                points.setdefault(int(r["epoch"]), {}).setdefault(r["arm"], []).append((r["val_auroc"], r["rankme"]))
+    for r in (r for lines in trial_results(experiment) for r in lines):
+        if isinstance(r.get("val_auroc"), float) and isinstance(r.get("rankme"), float):
+            points.setdefault(int(r["epoch"]), {}).setdefault(r["arm"], []).append((r["val_auroc"], r["rankme"]))
     return {e: {arm: (float(np.mean([v for v, _ in xs])), float(np.mean([k for _, k in xs])))
                 for arm, xs in arms.items()} for e, arms in sorted(points.items())}
 
