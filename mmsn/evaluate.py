@@ -35,8 +35,10 @@ def train_patients(cache: Cache) -> list[str]:
 
 
 def split_features(encode: Encode | ViTEncoder, cache: Cache, cfg: ProbeConfig, size: int, device: torch.device,
-                   splits: Sequence[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(split -> (N, d) features, split -> (N, L) labels) of ``encode`` on the cache's ``splits``."""
+                   splits: Sequence[str], shard: tuple[int, int] = (0, 1)
+                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(split -> (N, d) features, split -> (N, L) labels) of ``encode`` on the cache's ``splits``; with
+    ``shard`` (rank, world), of every world-th row from the rank-th only (see :func:`gathered`)."""
     if isinstance(encode, ViTEncoder):
         encode = functools.partial(encode.probe_features, kind=cfg.features, last_blocks=cfg.last_blocks)
     if device.type == "cuda":  # bf16 features on GPU, as in pretraining; the probe itself is float64
@@ -49,7 +51,32 @@ def split_features(encode: Encode | ViTEncoder, cache: Cache, cfg: ProbeConfig, 
     features: dict[str, np.ndarray] = {}
     labels: dict[str, np.ndarray] = {}
     for split in splits:
-        rows = cache.rows(split)
+        rows = cache.rows(split)[shard[0]::shard[1]]
         features[split] = extract_features(encode, cache.images, rows, size, cfg.batch_size, device)
         labels[split] = cache.label_matrix(rows)
     return features, labels
+
+
+def gathered(encode: Encode | ViTEncoder, cache: Cache, cfg: ProbeConfig, size: int, device: torch.device,
+             splits: Sequence[str], rank: int, world: int
+             ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+    """:func:`split_features` with the extraction split across a DDP group's ranks: each rank encodes every
+    world-th row of each split, and rank 0 gets them all back in row order (the other ranks: None). The
+    ranks' encoders must be equal (DDP keeps them so), and every rank must call it at the same point."""
+    features, labels = split_features(encode, cache, cfg, size, device, splits, shard=(rank, world))
+    if world == 1:
+        return features, labels
+    import torch.distributed as dist
+
+    parts: list[dict[str, np.ndarray]] | None = [{} for _ in range(world)] if rank == 0 else None
+    dist.gather_object(features, parts, dst=0)
+    if parts is None:
+        return None
+    full = {}
+    for split in splits:
+        shards = [part[split] for part in parts]
+        width = max(x.shape[1] for x in shards)
+        full[split] = np.empty((sum(len(x) for x in shards), width), dtype=np.float32)
+        for r, x in enumerate(shards):
+            full[split][r::world] = x.reshape(len(x), width)  # an empty shard is (0, 0)
+    return full, {split: cache.label_matrix(cache.rows(split)) for split in splits}

@@ -25,7 +25,7 @@ from mmsn.checkpoint import RUN_INFO, save_run
 from mmsn.config import TrainConfig
 from mmsn.data.cache import Cache
 from mmsn.engine import Log, Run, state_dict, train_epoch
-from mmsn.evaluate import split_features, train_patients
+from mmsn.evaluate import gathered, train_patients
 from mmsn.metrics import rankme
 from mmsn.probe import run_probe_splits
 from mmsn.protocol import Protocol as EvalProtocol
@@ -129,14 +129,22 @@ def run_info(state: Path | None) -> dict[str, Any]:
         return {}
 
 
-def probe_splits(run: Run, cache: Cache, test: bool = True, protocol: EvalProtocol | None = None) -> dict[str, Any]:
+def probe_splits(run: Run, cache: Cache, test: bool = True,
+                 protocol: EvalProtocol | None = None) -> dict[str, Any] | None:
     """Val (and test) probe of the objective's image-only encoder (one fit), JSON-able, plus the test
     scores and targets in cache row order (no ids) for the paired analysis; with ``protocol``, also the
-    evaluation protocol's results (``"protocol"``: (summary, scores), mmsn.protocol.run_protocol)."""
+    evaluation protocol's results (``"protocol"``: (summary, scores), mmsn.protocol.run_protocol). Under DDP
+    every rank calls it: each extracts its share of the features, and only rank 0 gets a result (the others
+    None)."""
     run.objective.eval()
     encoder, cfg = run.objective.eval_encoder(), run.cfg
     splits = ("train", "val", "test") if test else ("train", "val")
-    features = split_features(encoder, cache, cfg.probe, cfg.views.size, run.device, splits)
+    # the extraction (most of a probe at scale) is split across the ranks; rank 0 fits
+    got = gathered(encoder, cache, cfg.probe, cfg.views.size, run.device, splits, run.rank, run.world_size)
+    if got is None:
+        run.objective.train()
+        return None
+    features = got
     results = run_probe_splits(*features, cache.labels, cfg.probe, splits[1:], train_patients(cache), run.device)
     out: dict[str, Any] = {split: result.to_json_dict() for split, result in results.items()}
     out["rankme"] = rankme(features[0]["val"])  # label-free, on the val features just extracted
@@ -192,14 +200,15 @@ def train(run: Run, until: int, cache: Cache, milestones: Milestones, reporter: 
         log_scalars(writer, "epoch", metrics, run.epoch)
         milestone = run.epoch in milestones.epochs
         probes = None
-        if milestone and reporter is not None:
+        if milestone and (reporter is not None or run.world_size > 1):  # every rank extracts, rank 0 fits
             protocol = milestones.protocol if run.epoch in milestones.protocol_epochs else None
             probes = probe_splits(run, cache, milestones.test, protocol)
-            log_probe(writer, probes, run.epoch)
-            metrics["val_auroc"] = probes["val"]["macro_auroc"]
-            metrics["rankme"] = probes["rankme"]
-            if log is not None:
-                log(milestone_line(run.epoch, probes["val"], probes["rankme"]))
+            if probes is not None:
+                log_probe(writer, probes, run.epoch)
+                metrics["val_auroc"] = probes["val"]["macro_auroc"]
+                metrics["rankme"] = probes["rankme"]
+                if log is not None:
+                    log(milestone_line(run.epoch, probes["val"], probes["rankme"]))
             clock.probe_done()
         metrics.update(epoch=run.epoch, step=run.step, **clock.metrics())
         _save(run, reporter, metrics, {**info, **clock.state()}, probes,

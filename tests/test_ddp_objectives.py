@@ -71,3 +71,62 @@ def test_every_objective_trains_under_ddp_without_unused_parameters(tmp_path: Pa
              join=True)
     for rank in range(WORLD):
         assert torch.load(tmp_path / f"rank{rank}.pt") == dict.fromkeys(SPECS, 3)
+
+
+def _probe_worker(rank: int, port: int, cache_dir: str, out: str, recipe: str) -> None:
+    """Both ranks probe at a 'milestone' after 2 DDP steps; rank 0 also extracts every feature alone."""
+    from mmsn.config import load_config
+    from mmsn.data.cache import open_cache
+    from mmsn.engine import build_run, train_step
+    from mmsn.evaluate import split_features
+    from mmsn.loop import probe_splits
+    from mmsn.objectives import Batch
+
+    torch.set_num_threads(1)
+    cache = open_cache(Path(cache_dir))
+    with gloo_group(rank, WORLD, port):
+        cfg = load_config(recipe, ["objective.name=msn", "ehr.fusion=none"])
+        run = build_run(cfg, cache, torch.device("cpu"), rank, WORLD,
+                        wrap=lambda m: DistributedDataParallel(m, find_unused_parameters=False))
+        batch = Batch(**default_collate([run.train_set[k] for k in range(rank * 8, rank * 8 + 8)]))
+        for _ in range(2):
+            train_step(run, batch)
+        encoder = run.objective.eval_encoder()
+        checksum = float(sum(p.double().sum() for p in encoder.parameters()))
+        probes = probe_splits(run, cache, test=True)
+        alone = None
+        if rank == 0:
+            run.objective.eval()
+            alone = split_features(encoder, cache, cfg.probe, cfg.views.size, run.device, ("train", "val", "test"))[0]
+    torch.save({"checksum": checksum, "probes": probes, "alone": alone}, Path(out) / f"probe{rank}.pt")
+
+
+def test_a_ddp_milestone_probe_splits_the_extraction_and_equals_one_process(tmp_path: Path) -> None:
+    """Under DDP every rank extracts every world-th row and rank 0 fits on them all, in row order: the same
+    probe as rank 0 alone on the same encoder; the other rank gets None (and goes on training)."""
+    import yaml
+
+    from mmsn.data.cache import open_cache
+    from mmsn.probe import run_probe_splits
+
+    cache_dir = _cache(tmp_path / "cache")
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(RUN))
+    mp.spawn(_probe_worker, args=(free_port(), str(cache_dir), str(tmp_path), str(tmp_path / "run.yaml")),
+             nprocs=WORLD, join=True)
+    r0, r1 = (torch.load(tmp_path / f"probe{r}.pt", weights_only=False) for r in range(WORLD))
+    assert r0["checksum"] == r1["checksum"]  # the premise: DDP keeps the ranks' encoders equal
+    assert r1["probes"] is None and r0["probes"] is not None
+    cache = open_cache(cache_dir)
+    n = {split: len(cache.rows(split)) for split in ("train", "val", "test")}
+    assert {split: len(x) for split, x in r0["alone"].items()} == n
+    # the val scores of a fit on the features rank 0 extracted alone equal the gathered fit's
+    from mmsn.config import load_config
+    from mmsn.evaluate import train_patients
+
+    cfg = load_config(str(tmp_path / "run.yaml"), ["objective.name=msn", "ehr.fusion=none"])
+    labels = {split: cache.label_matrix(cache.rows(split)) for split in n}
+    alone = run_probe_splits(r0["alone"], labels, cache.labels, cfg.probe, ("val", "test"), train_patients(cache),
+                             torch.device("cpu"))
+    np.testing.assert_allclose(r0["probes"]["val_scores"], alone["val"].scores, atol=1e-5)
+    np.testing.assert_allclose(r0["probes"]["test_scores"], alone["test"].scores, atol=1e-5)
+    assert abs(r0["probes"]["val"]["macro_auroc"] - alone["val"].to_json_dict()["macro_auroc"]) < 1e-6
