@@ -182,9 +182,11 @@ def write_probes(out: Path, epoch: int, probes: dict[str, Any]) -> None:
 
 def train(run: Run, until: int, cache: Cache, milestones: Milestones, reporter: Reporter | None,
           writer: SummaryWriter | None = None, clock: Clock | None = None, log: Log | None = None,
-          on_epoch: Callable[[Run, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+          on_epoch: Callable[[Run, dict[str, Any]], None] | None = None,
+          trained: Callable[[Run], None] | None = None) -> dict[str, Any]:
     """Train epochs ``run.epoch + 1 .. until`` (see the module docstring); ``reporter`` on rank 0 only;
-    ``on_epoch`` on every rank once the epoch is saved. Returns the last epoch's metrics (with ``val_auroc``
+    ``trained`` on every rank after an epoch's steps, before its probe and state; ``on_epoch`` on every
+    rank once the epoch is saved. Returns the last epoch's metrics (with ``val_auroc``
     when it was a milestone)."""
     train_cfg, metrics = run.cfg.train, {}
     clock = clock or Clock(time.time(), {})
@@ -197,6 +199,8 @@ def train(run: Run, until: int, cache: Cache, milestones: Milestones, reporter: 
     while run.epoch < until:
         metrics = dict(train_epoch(run, log, on_step))
         clock.epoch_done()
+        if trained is not None:
+            trained(run)
         log_scalars(writer, "epoch", metrics, run.epoch)
         milestone = run.epoch in milestones.epochs
         probes = None

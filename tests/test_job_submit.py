@@ -22,8 +22,9 @@ def check_pbt(experiment: Path, out: str, marker: Path) -> None:
     """Synchronous PBT (the pbt.yaml smoke corner, trials of two Ray Train workers): at each milestone both
     trials have reported, so the worse one exploits the better one. PBT's own record (pbt_global.txt) says
     which trial cloned which. Synchronous PBT pauses every trial at the milestone: each restarts from its
-    Tune checkpoint (the donor's, for the clone) in a fresh Train run. One worker died once after epoch 2
-    (``marker``): Ray Train restarted that worker group from the trial's newest state."""
+    Tune checkpoint (the donor's, for the clone) in a fresh Train run. One worker died once after training
+    epoch 2, before its probe (``marker``): Ray Train restarted that worker group from the trial's newest
+    state, and it trained epoch 2 again."""
     trials = [p for p in experiment.iterdir() if p.name.startswith("msn_trial")]
     assert len(trials) == 2
     exploits = [json.loads(line) for line in (experiment / "pbt_global.txt").read_text().splitlines() if line]
@@ -76,8 +77,9 @@ def test_ray_job_submit_on_a_two_cpu_head_runs_a_smoke_sweep_and_refuses_a_trial
                                      "max_concurrent_trials": 2}
         pbt.write_text(yaml.safe_dump(raw))
         marker = tmp_path / "killed.txt"
-        # rank 1 of the first Train run to finish epoch 2 (the last milestone) dies once, after rank 0 saved it
-        kill = json.dumps({"env_vars": {"MMSN_TEST_KILL_WORKER": f"1:2:{marker}"}})
+        # rank 1 of the first Train run to train epoch 2 (the last milestone) dies once, before the milestone's
+        # probe: rank 0 cannot probe without it (every rank extracts a share of the features)
+        kill = json.dumps({"env_vars": {"MMSN_TEST_KILL_WORKER": f"1:2p:{marker}"}})
         smoke = [*submit[:-4], "--runtime-env-json", kill, *submit[-4:], str(pbt), "--smoke", "--storage",
                  str(tmp_path / "exp")]
         done = subprocess.run(smoke, env=env, capture_output=True, text=True, timeout=600)

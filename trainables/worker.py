@@ -32,16 +32,28 @@ from trainables.state import TrialState, is_milestone_state
 FAULT_ENV = "MMSN_TEST_KILL_WORKER"
 
 
-def _maybe_die(run: Run, metrics: dict[str, Any]) -> None:
+def _fault(run: Run, probed: bool) -> None:
     """Fault injection for the retry tests: ``MMSN_TEST_KILL_WORKER=RANK:EPOCH:MARKER`` kills that rank
-    (hard exit, like a lost node) after it saved that epoch, once: MARKER records that it happened."""
+    (hard exit, like a lost node) after it saved that epoch, once: MARKER records that it happened;
+    ``RANK:EPOCHp:MARKER`` kills it after the epoch's steps, before its milestone probe (in which every rank
+    of a several-worker trial takes part, so the others cannot finish the epoch without it)."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
     rank, epoch, marker = spec.split(":", 2)
-    if run.rank == int(rank) and run.epoch == int(epoch) and not os.path.exists(marker):
+    at_probe = epoch.endswith("p")
+    if (run.rank == int(rank) and run.epoch == int(epoch.rstrip("p")) and at_probe != probed
+            and not os.path.exists(marker)):
         Path(marker).write_text(f"killed rank {rank} after epoch {epoch}\n")
         os._exit(1)
+
+
+def _maybe_die(run: Run, metrics: dict[str, Any]) -> None:
+    _fault(run, probed=True)
+
+
+def _maybe_die_before_probe(run: Run) -> None:
+    _fault(run, probed=False)
 
 
 def untrained_rankme(run: Run, cache: Any) -> float:
@@ -100,7 +112,8 @@ def _run(job: Any, rank: int, world: int, device: torch.device, wrap: Callable[[
     sink = state.sink(forward or (lambda epoch: None)) if rank == 0 else None
     try:
         train(run, job.cfg.train.epochs, cache, job.milestones, sink, writer,
-              Clock(job.trial_start, run_info(start)), on_epoch=_maybe_die)
+              Clock(job.trial_start, run_info(start)), on_epoch=_maybe_die,
+              trained=_maybe_die_before_probe)
     except NonFiniteLossError as err:
         # A result, not a fault: every rank sees it at the same step (the loss is all-reduced) and ends
         # normally, so Ray Train does not retry a deterministic divergence; the trial raises it.
