@@ -41,6 +41,11 @@ def save_run(out: Path, state: dict[str, Any], encoder: dict[str, torch.Tensor],
     _atomic(out / CHECKPOINT, lambda p: torch.save(state, p))
     _atomic(out / ENCODER, lambda p: torch.save(encoder, p))
     _atomic(out / CONFIG, lambda p: p.write_text(yaml.safe_dump(state["config"], sort_keys=False)))
+    write_run_info(out, info)
+
+
+def write_run_info(out: Path, info: dict[str, Any]) -> None:
+    """``out/run.json``, atomically (a probe beside training adds its results to a written state's)."""
     _atomic(out / RUN_INFO, lambda p: p.write_text(json.dumps(info, indent=2) + "\n"))
 
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
-from mmsn.checkpoint import RUN_INFO, save_run
+from mmsn.checkpoint import RUN_INFO, save_run, write_run_info
 from mmsn.config import TrainConfig
 from mmsn.data.cache import Cache
 from mmsn.engine import Log, Run, state_dict, train_epoch
@@ -38,20 +38,27 @@ class Reporter(Protocol):
     def state_dir(self, epoch: int) -> Path:
         """The directory the epoch's full state is written to (a run directory, mmsn.checkpoint)."""
 
-    def saved(self, run: Run, state: Path | None, metrics: dict[str, Any], probes: dict[str, Any] | None) -> None:
+    def saved(self, run: Run, state: Path | None, metrics: dict[str, Any], probes: dict[str, Any] | None,
+              milestone: bool) -> None:
         """After every epoch: ``state`` holds its full state (None: no checkpoint was due), with the probe files
-        in ``state/probes`` at a milestone, where ``probes`` is the probe's JSON result (None otherwise)."""
+        in ``state/probes`` at a milestone probed in place, where ``probes`` is the probe's JSON result (None
+        otherwise: no milestone, or one probed beside training, mmsn.loop.Milestones.beside)."""
 
 
 @dataclass(frozen=True)
 class Milestones:
     """When the loop probes, and what: the epochs (``epochs``), the splits scored besides val (``test``),
-    and the evaluation protocol at ``protocol_epochs``."""
+    and the evaluation protocol at ``protocol_epochs``. With ``beside``, the loop only writes a milestone's
+    state (marked as one) and trains on: the caller probes it (trainables.trial, a Ray task)."""
 
     epochs: frozenset[int]
     test: bool = True
     protocol: EvalProtocol | None = None
     protocol_epochs: frozenset[int] = frozenset()
+    beside: bool = False
+
+    def protocol_at(self, epoch: int) -> EvalProtocol | None:
+        return self.protocol if epoch in self.protocol_epochs else None
 
     @classmethod
     def every(cls, train: TrainConfig) -> Milestones:
@@ -204,27 +211,45 @@ def train(run: Run, until: int, cache: Cache, milestones: Milestones, reporter: 
         log_scalars(writer, "epoch", metrics, run.epoch)
         milestone = run.epoch in milestones.epochs
         probes = None
-        if milestone and (reporter is not None or run.world_size > 1):  # every rank extracts, rank 0 fits
-            protocol = milestones.protocol if run.epoch in milestones.protocol_epochs else None
-            probes = probe_splits(run, cache, milestones.test, protocol)
+        if milestone and not milestones.beside and (reporter is not None or run.world_size > 1):
+            # every rank extracts a share, rank 0 fits
+            probes = probe_splits(run, cache, milestones.test, milestones.protocol_at(run.epoch))
             if probes is not None:
-                log_probe(writer, probes, run.epoch)
-                metrics["val_auroc"] = probes["val"]["macro_auroc"]
-                metrics["rankme"] = probes["rankme"]
-                if log is not None:
-                    log(milestone_line(run.epoch, probes["val"], probes["rankme"]))
+                record_probe(probes, run.epoch, metrics, writer, log)
             clock.probe_done()
         metrics.update(epoch=run.epoch, step=run.step, **clock.metrics())
-        _save(run, reporter, metrics, {**info, **clock.state()}, probes,
-              milestone or checkpoint_due(train_cfg, run.epoch, until))
+        _save(run, reporter, metrics, {**info, **clock.state(), "milestone": milestone}, probes,
+              milestone or checkpoint_due(train_cfg, run.epoch, until), milestone)
         clock.other_done()
         if on_epoch is not None:
             on_epoch(run, metrics)
     return metrics
 
 
+def record_probe(probes: dict[str, Any], epoch: int, metrics: dict[str, Any], writer: SummaryWriter | None,
+                 log: Log | None) -> None:
+    """A milestone's probe results into its metrics (``val_auroc``, ``rankme``), TensorBoard and the log."""
+    log_probe(writer, probes, epoch)
+    metrics["val_auroc"] = probes["val"]["macro_auroc"]
+    metrics["rankme"] = probes["rankme"]
+    if log is not None:
+        log(milestone_line(epoch, probes["val"], probes["rankme"]))
+
+
+def probe_state(run: Run, cache: Cache, milestones: Milestones, state: Path, writer: SummaryWriter | None) -> None:
+    """The probe of a milestone state written without one (:attr:`Milestones.beside`), ``run`` loaded from it:
+    its files go into ``state/probes`` and its results into the state's run.json, as in place; run.json last,
+    so a state whose run.json has ``val_auroc`` has all its probe files."""
+    probes = probe_splits(run, cache, milestones.test, milestones.protocol_at(run.epoch))
+    assert probes is not None  # one process: world size 1
+    write_probes(state / "probes", run.epoch, probes)
+    info = run_info(state)
+    record_probe(probes, run.epoch, info, writer, None)
+    write_run_info(state, info)
+
+
 def _save(run: Run, reporter: Reporter | None, metrics: dict[str, Any], info: dict[str, Any],
-          probes: dict[str, Any] | None, due: bool) -> None:
+          probes: dict[str, Any] | None, due: bool, milestone: bool) -> None:
     """Rank 0: the epoch's state where the reporter says (the milestone's probe files inside), then tell it."""
     if reporter is None:
         return
@@ -233,7 +258,7 @@ def _save(run: Run, reporter: Reporter | None, metrics: dict[str, Any], info: di
         save_run(folder, state_dict(run), run.objective.image_encoder_state_dict(), {**info, **metrics})
         if probes is not None:
             write_probes(folder / "probes", run.epoch, probes)
-    reporter.saved(run, folder, metrics, probes)
+    reporter.saved(run, folder, metrics, probes, milestone)
 
 
 def milestone_line(epoch: int, val: dict[str, Any], rank: float | None = None) -> str:
@@ -244,4 +269,4 @@ def milestone_line(epoch: int, val: dict[str, Any], rank: float | None = None) -
 
 
 __all__ = ["Clock", "Milestones", "Reporter", "checkpoint_due", "log_probe", "log_scalars", "milestone_line",
-           "probe_splits", "run_info", "train", "write_probes"]
+           "probe_splits", "probe_state", "record_probe", "run_info", "train", "write_probes"]

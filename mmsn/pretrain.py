@@ -38,7 +38,8 @@ class RunDir:
     def state_dir(self, epoch: int) -> Path:
         return self.out
 
-    def saved(self, run: Run, state: Path | None, metrics: dict[str, Any], probes: dict[str, Any] | None) -> None:
+    def saved(self, run: Run, state: Path | None, metrics: dict[str, Any], probes: dict[str, Any] | None,
+              milestone: bool) -> None:
         metrics = {**metrics, "probe": probes["val"]} if probes is not None else metrics
         self.info.update(epoch=run.epoch, step=run.step, metrics=metrics, time=time.time())
 

@@ -145,14 +145,27 @@ class SearchSpec:
               "file in the experiment")
 
 
+PROBE_PLACES = ("in_place", "beside")
+# schedulers that only ever continue or stop a trial: one that pauses it at a milestone (to restart it
+# from there) cannot use a result that arrives after the trial trained past that milestone
+PROBE_BESIDE_SCHEDULERS = ("fifo", "asha")
+
+
 @dataclass(frozen=True)
 class Resources:
     workers: int = 1  # Ray Train workers per trial
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0  # fractional: several small trials share one GPU
     max_concurrent_trials: int = 1
+    # where a several-worker trial's milestone probe runs: in_place (every rank extracts a share of the
+    # features, rank 0 fits, training waits) or beside (a Ray task holding one worker's CPUs and GPUs probes
+    # the milestone's state while the workers train on; the scheduler acts on the result when it arrives)
+    probe: str = "in_place"
 
     def __post_init__(self) -> None:
+        _need(self.probe in PROBE_PLACES, "resources.probe", f"{self.probe!r}; valid: {', '.join(PROBE_PLACES)}")
+        _need(self.probe != "beside" or self.workers > 1, "resources.probe",
+              "beside needs resources.workers >= 2 (a one-worker trial trains in its own process, which probes)")
         _need(self.workers >= 1, "resources.workers", f"{self.workers}: need at least 1 Ray Train worker")
         _need(self.cpus_per_worker > 0, "resources.cpus_per_worker", "must be > 0")
         _need(self.gpus_per_worker >= 0, "resources.gpus_per_worker", "GPUs must be >= 0")
@@ -519,6 +532,11 @@ def validate(space: Space) -> None:
         raise _err(path, "search.algorithm grid: every axis must be choice or grid")
     if space.search.order not in ("shuffled", "given"):
         raise _err(path, f"search.order {space.search.order!r}; valid: shuffled, given")
+    if space.resources.probe == "beside" and sched.type not in PROBE_BESIDE_SCHEDULERS:
+        raise _err(path, f"resources.probe beside with scheduler.type {sched.type}: {sched.type} pauses trials at "
+                         "milestones, and a probe beside training reports after the trial trained past the "
+                         f"milestone; use resources.probe: in_place, or scheduler.type "
+                         f"{' or '.join(PROBE_BESIDE_SCHEDULERS)}")
     if sched.type == "pbt" and not sched.mutations:
         raise _err(path, "scheduler.mutations: PBT needs at least one mutated key")
     for key, _ in sched.mutations:

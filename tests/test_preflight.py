@@ -40,6 +40,11 @@ TYPOS = [
     # several workers on a fraction of a GPU each: NCCL refuses two ranks on one GPU
     ({"resources": {"workers": 2, "gpus_per_worker": 0.5}},
      r"resources.gpus_per_worker: 0.5 with resources.workers 2: DDP \(NCCL\) needs a whole GPU per worker"),
+    ({"resources": {"probe": "aside"}}, r"resources.probe: 'aside'; valid: in_place, beside"),
+    ({"resources": {"workers": 1, "probe": "beside"}}, r"resources.probe: beside needs resources.workers >= 2"),
+    # a scheduler that pauses a trial at a milestone cannot take a result that comes after it trained on
+    ({"resources": {"workers": 2, "probe": "beside"}, "scheduler": {"type": "halving"}},
+     r"resources.probe beside with scheduler.type halving: halving pauses trials at milestones"),
 ]
 
 
@@ -80,6 +85,10 @@ def test_a_trial_that_cannot_fit_is_refused_with_the_numbers() -> None:
     # a one-worker trial trains in its own process (no driver sliver) and probes in place
     assert unmet(Resources(workers=1, cpus_per_worker=2.0), two_cpus, driver=0.0) == []
     assert "training needs 2.05 CPUs" in unmet(Resources(workers=1, cpus_per_worker=2.0), two_cpus)[0]
+    # a probe beside the workers holds one more worker's share at once
+    beside = unmet(Resources(workers=2, cpus_per_worker=0.95, probe="beside"), two_cpus)
+    assert "training needs 2.9 CPUs" in beside[0] and "3 x 0.95 CPU" in beside[0] and "probe task" in beside[0]
+    assert unmet(Resources(workers=2, cpus_per_worker=0.6, probe="beside"), two_cpus) == []
 
 
 @pytest.mark.parametrize("path", sorted(HERE.glob("*.yaml")), ids=lambda p: p.name)

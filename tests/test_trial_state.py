@@ -60,3 +60,42 @@ def test_a_finished_trial_keeps_only_the_checkpoint_tune_registered(tmp_path: Pa
     (tmp_path / "checkpoint_000003").mkdir()
     prune_checkpoints(tmp_path, None)  # none registered: the newest stays
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_000003", "encoders"]
+
+
+def test_a_milestone_probed_beside_training_equals_the_probe_in_place(synthetic_cache: Path, tmp_path: Path) -> None:
+    """``resources.probe: beside``: the loop writes the milestone's state unprobed, marked as a milestone, and
+    trains on; a probe of that state later (trainables.worker.probe_beside) files what rank 0 would have."""
+    import numpy as np
+
+    from mmsn.checkpoint import load_state
+    from mmsn.config import load_config
+    from mmsn.data.cache import open_cache
+    from mmsn.engine import build_run, load_state_dict
+    from mmsn.loop import Milestones, probe_state, run_info, train
+    from tests.conftest import TINY_RUN
+    from trainables.state import is_milestone_state, is_probed
+
+    cache, cfg = open_cache(synthetic_cache), load_config(None, TINY_RUN)
+    place, beside = TrialState(tmp_path / "in_place"), TrialState(tmp_path / "beside")
+    sent: dict[str, list[int]] = {"in_place": [], "beside": []}
+    train(build_run(cfg, cache), 2, cache, Milestones(frozenset({1, 2})), place.sink(sent["in_place"].append))
+    besides = Milestones(frozenset({1, 2}), beside=True)
+    train(build_run(cfg, cache), 2, cache, besides, beside.sink(sent["beside"].append))
+    assert sent == {"in_place": [1, 2], "beside": [1, 2]}  # each milestone sent once its state was written
+    first = beside.milestone_dir(1)
+    # unprobed but a milestone, and still there after milestone 2: its probe may not have started yet
+    assert is_milestone_state(first, 1) and not is_probed(first, 1) and "val_auroc" not in run_info(first)
+    assert not is_milestone_state(beside.milestone_dir(2), 1)
+    run = build_run(cfg, cache)
+    load_state_dict(run, load_state(first))
+    probe_state(run, cache, besides, first, None)
+    expected = place.milestone_dir(1)  # in place: probed, and kept until milestone 1 is reported
+    assert is_probed(expected, 1) and is_probed(first, 1)
+    assert run_info(first)["val_auroc"] == run_info(expected)["val_auroc"]
+    assert run_info(first)["rankme"] == run_info(expected)["rankme"]
+    for split in ("val", "test"):
+        ours, theirs = (np.load(d / "probes" / f"epoch_001_{split}.npz") for d in (first, expected))
+        assert np.array_equal(ours["scores"], theirs["scores"], equal_nan=True)  # nan: a label with no positive
+        assert np.array_equal(ours["targets"], theirs["targets"])
+    beside.prune(2)  # milestone 2 reported: the older one goes
+    assert not first.exists() and beside.milestone_dir(2).exists()

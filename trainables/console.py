@@ -64,9 +64,12 @@ class Console(Callback):  # type: ignore[misc]
         effective = f", RankMe {rank:.1f}" if isinstance(rank, (int, float)) else ""
         if isinstance(rank, (int, float)) and isinstance(floor, (int, float)) and collapsing(rank, floor):
             effective += f" BELOW the untrained encoder's {floor:.1f}: collapsing?"
+        late = result.get("probe_lag_seconds")
+        probes = (f"probed beside training, {late:.0f} s after its state" if isinstance(late, (int, float))
+                  else f"{result.get('probe_seconds', 0):.0f} s probes")
         print(f"{_name(self.space, trial, result)}: epoch {result.get('epoch')} val AUROC {value:.4f}{effective} "
               f"(trial {result.get('trial_seconds', 0):.0f} s so far: {result.get('train_seconds', 0):.0f} s "
-              f"epochs, {result.get('probe_seconds', 0):.0f} s probes)", flush=True)
+              f"epochs, {probes})", flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}

@@ -25,16 +25,19 @@ def _fmt(x: float) -> str:
 def unmet(res: Resources, nodes: Sequence[Node], driver: float = DRIVER_CPUS) -> list[str]:
     """What one trial needs at once that ``nodes`` (the alive nodes' total resources) cannot give, as
     sentences naming the numbers; empty when it fits. A trial holds its workers plus, with several, its
-    driver (``driver`` CPUs; 0 when the trial trains in its own process). The probe runs on rank 0."""
+    driver (``driver`` CPUs; 0 when the trial trains in its own process), and with ``resources.probe: beside``
+    one more worker's share for the probe task beside them (otherwise the probe runs on the workers)."""
     total_cpu, total_gpu = sum(n.cpus for n in nodes), sum(n.gpus for n in nodes)
     problems = []
-    train_cpu = res.workers * res.cpus_per_worker + driver
-    train_gpu = res.workers * res.gpus_per_worker
+    shares = res.workers + (res.probe == "beside")
+    train_cpu = shares * res.cpus_per_worker + driver
+    train_gpu = shares * res.gpus_per_worker
     if train_cpu > total_cpu + 1e-9 or train_gpu > total_gpu + 1e-9:
+        probe = " and the probe task beside them" if res.probe == "beside" else ""
         problems.append(f"training needs {_fmt(train_cpu)} CPUs and {_fmt(train_gpu)} GPUs at once "
-                        f"({res.workers} workers x {_fmt(res.cpus_per_worker)} CPU / {_fmt(res.gpus_per_worker)} "
-                        f"GPU + {driver} for the trial driver); the cluster has {_fmt(total_cpu)} CPUs and "
-                        f"{_fmt(total_gpu)} GPUs")
+                        f"({shares} x {_fmt(res.cpus_per_worker)} CPU / {_fmt(res.gpus_per_worker)} GPU for "
+                        f"{res.workers} workers{probe}, + {driver} for the trial driver); the cluster has "
+                        f"{_fmt(total_cpu)} CPUs and {_fmt(total_gpu)} GPUs")
     if not any(n.cpus >= res.cpus_per_worker and n.gpus >= res.gpus_per_worker for n in nodes):
         problems.append(f"no node has {_fmt(res.cpus_per_worker)} CPUs and {_fmt(res.gpus_per_worker)} GPUs "
                         "for one Train worker")

@@ -1,10 +1,11 @@
 """A trial's own state, in one place: ``EXPERIMENT/train_runs/<trial id>/`` on the sweep's storage.
 
     latest/                 the newest state between milestones (a run directory, mmsn.checkpoint)
-    milestones/epoch_XXX/   the newest milestone's state with its probe files (``probes/``), what the
-                            trial reports to Tune as its checkpoint; kept until the next milestone (Tune
+    milestones/epoch_XXX/   a milestone's state with its probe files (``probes/``), what the trial reports to
+                            Tune as its checkpoint; kept until the next milestone is reported (Tune
                             registers a reported checkpoint a step after it logs the result, and a sweep
-                            interrupted in between restores the older one)
+                            interrupted in between restores the older one). Probed beside training
+                            (``resources.probe: beside``), it is written first and probed after.
     reported/epoch_XXX.json each milestone report as sent to Tune (replayed when Tune did not log it)
     non_finite.txt          the divergence that ended the trial (a retry fails at once, it never retrains)
     untrained.json          the RankMe of the trial's encoder before training (its collapse floor)
@@ -48,9 +49,15 @@ def logged_epochs(logged: Path) -> set[int]:
     return seen
 
 
-def is_milestone_state(state: Path, epoch: int) -> bool:
+def is_probed(state: Path, epoch: int) -> bool:
     """Whether a state directory holds milestone ``epoch``'s probe results."""
     return (state / "probes" / f"epoch_{epoch:03d}.json").is_file()
+
+
+def is_milestone_state(state: Path, epoch: int) -> bool:
+    """Whether a state directory is milestone ``epoch``'s: probed, or written to be probed beside training."""
+    info = run_info(state)
+    return is_probed(state, epoch) or (bool(info.get("milestone")) and info.get("epoch") == epoch)
 
 
 def replace_dir(source: Path, target: Path) -> None:
@@ -153,20 +160,21 @@ class StateSink:
         shutil.rmtree(tmp, ignore_errors=True)
         return tmp
 
-    def saved(self, run: Run, state: Path | None, metrics: dict[str, Any], probes: dict[str, Any] | None) -> None:
+    def saved(self, run: Run, state: Path | None, metrics: dict[str, Any], probes: dict[str, Any] | None,
+              milestone: bool) -> None:
         if state is None:
             return
-        if probes is None:
+        if not milestone:
             replace_dir(state, self.state.own / LATEST)
             return
         target = self.state.milestone_dir(run.epoch)
         target.parent.mkdir(parents=True, exist_ok=True)
         replace_dir(state, target)
-        # what is older than the milestone goes: Tune holds the milestones reported before it
+        # the state between milestones is older now; older milestones go when this one is reported
+        # (trainables.trial.Reports), not before: a probe beside training may still be reading one
         shutil.rmtree(self.state.own / LATEST, ignore_errors=True)
-        self.state.prune(run.epoch)
         self.forward(run.epoch)
 
 
 __all__ = ["LATEST", "MILESTONES", "NON_FINITE", "REPORTED", "StateSink", "TrialState", "is_milestone_state",
-           "logged_epochs", "newest", "own_dir", "replace_dir"]
+           "is_probed", "logged_epochs", "newest", "own_dir", "replace_dir"]

@@ -121,12 +121,12 @@ def build_scheduler(space: Space, experiment: Path, search: Any) -> Any:
 
 
 def local_cpus(space: Space) -> int:
-    """Logical CPUs for a local Ray: twice what max_concurrent_trials trials hold at once (their workers,
-    and a sliver for the driver of a several-worker trial). The headroom is for the Train run of a trial
-    the scheduler just stopped: its placement group is freed by Ray's cleaner a little later, and the
+    """Logical CPUs for a local Ray: twice what max_concurrent_trials trials hold at once (their workers, a
+    probe beside them, and a sliver for the driver of a several-worker trial). The headroom is for the Train
+    run of a trial the scheduler just stopped: its placement group is freed by Ray's cleaner a little later, and the
     next trial must not wait for that."""
     r = space.resources
-    per_trial = r.workers * r.cpus_per_worker + 0.05
+    per_trial = (r.workers + (r.probe == "beside")) * r.cpus_per_worker + 0.05
     return max(os.cpu_count() or 1, math.ceil(2 * r.max_concurrent_trials * per_trial))
 
 
@@ -217,8 +217,13 @@ def make_tuner(space: Space, experiment: Path, cache: Path, resume: bool, protoc
     r = space.resources
     alone = r.workers == 1
     # An in-process trial holds its worker's resources; otherwise the trial is a driver holding a sliver
-    # while its Train workers (or PBT's probe task) hold theirs. Its retries are then Tune's, not Train's.
-    held = {"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker} if alone else {"cpu": DRIVER_CPUS}
+    # while its Train workers hold theirs (their own placement group), and with the probe beside them, one
+    # worker's share for the probe task from the start: it never queues behind other trials' workers.
+    # Its retries are then Tune's, not Train's.
+    held: Any = {"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker} if alone else {"cpu": DRIVER_CPUS}
+    if r.probe == "beside":
+        probe = {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.gpus_per_worker else {})}
+        held = tune.PlacementGroupFactory([{"CPU": DRIVER_CPUS}, probe])
     retries = space.budget.max_failures if alone else 0
     trainable = tune.with_resources(
         tune.with_parameters(msn_trial, space=space, cache=str(cache), experiment=str(experiment),

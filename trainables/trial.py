@@ -18,6 +18,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty
@@ -33,7 +34,7 @@ from mmsn.loop import Milestones, run_info
 from mmsn.protocol import Protocol
 from search_spaces.loader import Space
 from trainables.halving import awaiting_rung
-from trainables.state import TrialState, is_milestone_state, logged_epochs, own_dir
+from trainables.state import TrialState, is_milestone_state, is_probed, logged_epochs, own_dir
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,13 @@ class TrialJob:
 class Reports:
     """The trial's side of a milestone, once for every trial size: file the milestone's probe results and
     image-only encoder (a timm state dict, small) in the trial directory on the storage, keep the report,
-    and report it to Tune with the milestone's state as the checkpoint."""
+    and report it to Tune with the milestone's state as the checkpoint; the milestones before it go.
+    ``prober`` probes a milestone state written without its probe (``resources.probe: beside``) and waits."""
 
-    def __init__(self, state: TrialState, trial_dir: Path, constants: dict[str, Any], gpus: float) -> None:
+    def __init__(self, state: TrialState, trial_dir: Path, constants: dict[str, Any], gpus: float,
+                 prober: Callable[[Path], None] | None = None) -> None:
         self.state, self.trial_dir, self.constants, self.gpus = state, trial_dir, constants, gpus
+        self.prober = prober
 
     def metrics(self, folder: Path) -> dict[str, Any]:
         info = run_info(folder)
@@ -67,10 +71,20 @@ class Reports:
         # one formula for every trial size: the GPUs the trial holds, over its whole wall time
         return {**metrics, **self.constants, "gpu_seconds": float(info.get("trial_seconds", 0.0)) * self.gpus}
 
-    def milestone(self, epoch: int, folder: Path | None = None, missing_only: bool = False) -> None:
+    def milestone(self, epoch: int, folder: Path | None = None, missing_only: bool = False,
+                  late: float | None = None) -> None:
+        """``late``: the seconds between the milestone's state and its probe result (a probe beside training),
+        reported as ``probe_lag_seconds``."""
         folder = folder or self.state.milestone_dir(epoch)
+        if not is_probed(folder, epoch):
+            if self.prober is None:
+                raise RuntimeError(f"{folder}: milestone {epoch} has no probe results and this trial probes in place")
+            self.prober(folder)
+        self.state.prune(epoch)
         file_milestone(self.trial_dir, epoch, folder, missing_only)
         metrics = self.metrics(folder)
+        if late is not None:
+            metrics["probe_lag_seconds"] = late
         self.state.keep_report(metrics)
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(str(folder)))
 
@@ -110,7 +124,21 @@ def protocol_epochs(space: Space) -> list[int]:
 
 def milestones(space: Space, protocol: Protocol | None) -> Milestones:
     return Milestones(frozenset(space.scheduler.milestones), test=True, protocol=protocol,
-                      protocol_epochs=frozenset(protocol_epochs(space)) if protocol else frozenset())
+                      protocol_epochs=frozenset(protocol_epochs(space)) if protocol else frozenset(),
+                      beside=space.resources.probe == "beside")
+
+
+def probe_task(space: Space, job: TrialJob) -> Callable[[Path], Any]:
+    """Start the probe of a milestone state as a Ray task beside the trial's workers, in the share of one
+    worker's CPUs and GPUs the trial holds for it (its placement group's second bundle, trainables.sweep;
+    trainables.worker.probe_beside); returns its object ref. A task whose process died is retried like a
+    worker group (budget.max_failures); one that raised is not."""
+    from trainables.worker import probe_beside
+
+    res = space.resources
+    task = ray.remote(probe_beside).options(num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker,
+                                            max_retries=space.budget.max_failures)
+    return lambda state: task.remote(job, str(state))
 
 
 def _start(space: Space, state: TrialState) -> Path | None:
@@ -144,30 +172,33 @@ def msn_trial(config: dict[str, Any], space: Space, cache: str, experiment: str,
     write_session(trial_dir / "tb", space, params)
     start = _start(space, state)
     res = space.resources
+    job = TrialJob(cfg, cache, str(state.own), str(trial_dir / "tb"),
+                   milestones(space, Protocol.from_dict(protocol) if protocol else None), time.time(),
+                   str(start) if start is not None else None, res.gpus_per_worker)
+    probe = probe_task(space, job) if job.milestones.beside else None
     reports = Reports(state, trial_dir, {"variant": arm["variant"], "arm": arm["arm"]},
-                      res.workers * res.gpus_per_worker)
+                      res.workers * res.gpus_per_worker, (lambda folder: ray.get(probe(folder))) if probe else None)
     epoch = int(run_info(start).get("epoch", 0))
     if space.scheduler.type != "pbt":  # a PBT restart is a clone or a retry from a milestone Tune logged
         reports.replay(start, awaiting_rung(experiment, space, trial_id, epoch))
     if epoch >= space.epochs:  # paused (or cloned) at its last milestone: nothing left to train
         return
-    job = TrialJob(cfg, cache, str(state.own), str(trial_dir / "tb"),
-                   milestones(space, Protocol.from_dict(protocol) if protocol else None), time.time(),
-                   str(start) if start is not None else None, res.gpus_per_worker)
     if res.workers == 1:
         from trainables.worker import train_in_process
 
         train_in_process(job, reports.milestone)
     else:
-        _train_workers(space, job, reports, trial_id, epoch)
+        _train_workers(space, job, reports, trial_id, epoch, probe)
     state.raise_if_diverged()
 
 
-def _train_workers(space: Space, job: TrialJob, reports: Reports, trial_id: str, start_epoch: int) -> None:
+def _train_workers(space: Space, job: TrialJob, reports: Reports, trial_id: str, start_epoch: int,
+                   probe: Callable[[Path], Any] | None) -> None:
     """One Ray Train run (DDP) to the last milestone; rank 0 sends each milestone's epoch through a queue and
-    this process reports it. The last one is reported once the Train run has ended: a scheduler stops a
-    trial that reaches its full length at once, and a Train run killed while it shuts down can leave its
-    placement group behind."""
+    this process reports it, in epoch order: at once when rank 0 probed it, when its probe task is done when
+    it is probed beside training (``probe``). The last one is reported once the Train run has ended: a
+    scheduler stops a trial that reaches its full length at once, and a Train run killed while it shuts down
+    can leave its placement group behind."""
     from ray.util.queue import Queue
 
     from trainables.worker import trainer
@@ -189,23 +220,35 @@ def _train_workers(space: Space, job: TrialJob, reports: Reports, trial_id: str,
     # pause or a clone) and a retried one sends its start again: report each epoch once. Within a Train run
     # epochs only grow; a PBT clone may start before epochs it reported itself, and reports them again.
     done = {start_epoch}
-    last: int | None = None
-    while worker.is_alive() or not queue.empty():
-        try:
-            epoch = int(queue.get(timeout=1.0))
-        except Empty:
-            continue
-        if epoch in done:
-            continue
-        done.add(epoch)
-        if epoch == space.epochs:
-            last = epoch
-        else:
-            reports.milestone(epoch)
+    waiting: list[tuple[int, Any, float]] = []  # (epoch, its probe task or None, when its state was sent)
+    last: tuple[int, float | None] | None = None
+    while worker.is_alive() or not queue.empty() or waiting:
+        epoch = _next_epoch(queue)
+        if epoch is not None and epoch not in done:
+            done.add(epoch)
+            waiting.append((epoch, probe(reports.state.milestone_dir(epoch)) if probe else None, time.time()))
+        while waiting and (waiting[0][1] is None or ray.wait([waiting[0][1]], timeout=0)[0]):
+            epoch, task, sent = waiting.pop(0)
+            late = None
+            if task is not None:
+                ray.get(task)  # raises the probe's error
+                late = time.time() - sent
+            if epoch == space.epochs:
+                last = (epoch, late)
+            else:
+                reports.milestone(epoch, late=late)
     if "error" in outcome:
         raise outcome["error"]
     if last is not None:
-        reports.milestone(last)
+        reports.milestone(last[0], late=last[1])
+
+
+def _next_epoch(queue: Any) -> int | None:
+    """The next milestone epoch rank 0 sent, or None after a second without one."""
+    try:
+        return int(queue.get(timeout=1.0))
+    except Empty:
+        return None
 
 
 __all__ = ["Reports", "TrialJob", "file_milestone", "msn_trial", "protocol_epochs"]

@@ -25,7 +25,7 @@ from mmsn.checkpoint import load_state
 from mmsn.data.cache import open_cache
 from mmsn.engine import NonFiniteLossError, Run, build_run, load_state_dict
 from mmsn.errors import MMSNError
-from mmsn.loop import Clock, run_info, train
+from mmsn.loop import Clock, probe_state, run_info, train
 from search_spaces.loader import Space
 from trainables.state import TrialState, is_milestone_state
 
@@ -140,6 +140,20 @@ def train_worker(config: dict[str, Any]) -> None:
          queue.put if rank == 0 and queue is not None else None, forward_start=True)
 
 
+def probe_beside(job: Any, state: str) -> None:
+    """A Ray task: the milestone probe of a several-worker trial's ``state`` while its workers train on
+    (``resources.probe: beside``), on the device Ray gave the task; TensorBoard's probe scalars go to the
+    trial's run from a writer of its own."""
+    cache = open_cache(job.cache)
+    run = build_run(job.cfg, cache, assigned_device(job.cfg.train.device, job.gpus))
+    load_state_dict(run, load_state(Path(state)))
+    writer = SummaryWriter(job.tb_dir, filename_suffix=".probe")
+    try:
+        probe_state(run, cache, job.milestones, Path(state), writer)
+    finally:
+        writer.close()
+
+
 def trainer(space: Space, loop_config: dict[str, Any], name: str) -> Any:
     """A TorchTrainer for a trial of ``space`` (its workers, their resources, retries of the worker group)."""
     from ray.train.torch import TorchTrainer
@@ -154,4 +168,4 @@ def trainer(space: Space, loop_config: dict[str, Any], name: str) -> Any:
                                        failure_config=ray.train.FailureConfig(max_failures=space.budget.max_failures)))
 
 
-__all__ = ["FAULT_ENV", "assigned_device", "train_in_process", "train_worker", "trainer"]
+__all__ = ["FAULT_ENV", "assigned_device", "probe_beside", "train_in_process", "train_worker", "trainer"]
