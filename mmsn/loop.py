@@ -3,9 +3,11 @@ trial (in the Tune trial's process) and every rank of a several-worker trial (Ra
 
 The loop owns the sequence; a :class:`Reporter` only says where things go. After each epoch: TensorBoard
 (``train/*`` every ``train.log_every`` steps, ``epoch/*`` per epoch, rank 0 only), then at a milestone
-the probe on rank 0 (val, and test and the evaluation protocol when asked), the full state written with
-the probe files inside it (``state_dir``), and the reporter told (``milestone``); between milestones the
-state is written when a checkpoint is due. The compute split (:class:`Clock`: epoch compute, probes,
+the probe (every rank extracts a share of the features, rank 0 fits: val, and test and the evaluation
+protocol when asked), the full state written with the probe files inside it (``state_dir``), and the
+reporter told; between milestones the state is written when a checkpoint is due. With
+:attr:`Milestones.beside` a milestone's state is written unprobed and :func:`probe_state` probes it later,
+beside training. The compute split (:class:`Clock`: epoch compute, probes,
 the rest) is counted here once, carried through checkpoints.
 """
 
