@@ -177,7 +177,9 @@ def msn_trial(config: dict[str, Any], space: Space, cache: str, experiment: str,
                    str(start) if start is not None else None, res.gpus_per_worker)
     probe = probe_task(space, job) if job.milestones.beside else None
     reports = Reports(state, trial_dir, {"variant": arm["variant"], "arm": arm["arm"]},
-                      res.workers * res.gpus_per_worker, (lambda folder: ray.get(probe(folder))) if probe else None)
+                      # the GPUs the trial holds: its workers', and the probe share beside them
+                      (res.workers + (probe is not None)) * res.gpus_per_worker,
+                      (lambda folder: ray.get(probe(folder))) if probe else None)
     epoch = int(run_info(start).get("epoch", 0))
     if space.scheduler.type != "pbt":  # a PBT restart is a clone or a retry from a milestone Tune logged
         reports.replay(start, awaiting_rung(experiment, space, trial_id, epoch))
