@@ -77,8 +77,9 @@ def test_ray_job_submit_on_a_two_cpu_head_runs_a_smoke_sweep_and_refuses_a_trial
                                      "max_concurrent_trials": 2}
         pbt.write_text(yaml.safe_dump(raw))
         marker = tmp_path / "killed.txt"
-        # rank 1 of the first Train run to train epoch 2 (the last milestone) dies once, before the milestone's
-        # probe: rank 0 cannot probe without it (every rank extracts a share of the features)
+        # rank 1 of the first Train run restarted from milestone 1 to train epoch 2 (the last milestone) dies
+        # once, before the milestone's probe: rank 0 cannot probe without it (every rank extracts a share of the
+        # features). Not in a first run: that one may be past milestone 1 when PBT pauses it, and dies anyway.
         kill = json.dumps({"env_vars": {"MMSN_TEST_KILL_WORKER": f"1:2p:{marker}"}})
         smoke = [*submit[:-4], "--runtime-env-json", kill, *submit[-4:], str(pbt), "--smoke", "--storage",
                  str(tmp_path / "exp")]

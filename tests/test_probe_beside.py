@@ -59,8 +59,8 @@ def test_a_trial_stopped_on_a_late_probe_result_is_really_stopped(tmp_path: Path
                    "ehr.features": {"choice": [["stay"]], "when": {"ehr.fusion": ["concat_anchor"]}}}
     # a probe here takes ~11-14 s from its state to its result (a fresh task process, the splits, the fit), an
     # epoch of 2 steps well under 0.5 s: the stopped trial is still training when its first result comes, far
-    # short of epoch 100
-    raw["smoke"]["scheduler"] = {"milestones": [1, 100]}
+    # short of epoch 150 (it had trained to epoch 61 and 64 in two runs when the stop took effect)
+    raw["smoke"]["scheduler"] = {"milestones": [1, 150]}
     raw["smoke"]["set"]["train.max_steps_per_epoch"] = 2
     # two workers and the probe task beside them, 0.6 CPU each, + the driver's 0.05: a 2-CPU node
     raw["smoke"]["resources"] = {"workers": 2, "cpus_per_worker": 0.6, "max_concurrent_trials": 1, "probe": "beside"}
@@ -74,7 +74,7 @@ def test_a_trial_stopped_on_a_late_probe_result_is_really_stopped(tmp_path: Path
     trials = {t: pd.read_json(t / "result.json", lines=True).drop_duplicates("epoch")
               for t in experiment.glob("msn_trial*")}
     stopped = [t for t, rows in trials.items() if rows["epoch"].tolist() == [1]]
-    finished = [t for t, rows in trials.items() if rows["epoch"].tolist() == [1, 100]]
+    finished = [t for t, rows in trials.items() if rows["epoch"].tolist() == [1, 150]]
     assert len(stopped) == 1 and len(finished) == 1, {t.name: r["epoch"].tolist() for t, r in trials.items()}
     for t, rows in trials.items():  # every report came from a probe task, some seconds after its state
         assert rows["val_auroc"].between(0, 1).all() and (rows["probe_lag_seconds"] > 0).all(), rows
@@ -85,8 +85,8 @@ def test_a_trial_stopped_on_a_late_probe_result_is_really_stopped(tmp_path: Path
     # the workers trained past the milestone while its probe ran: the result came late
     assert ours["epoch"].max() >= 2, (lag, ours)
     # really stopped: short of its full length, and nothing of it trained once the next trial had begun
-    assert ours["epoch"].max() < 100 and ours["wall_time"].max() < theirs["wall_time"].min(), (ours, theirs)
-    assert sorted(theirs["epoch"]) == list(range(1, 101))
+    assert ours["epoch"].max() < 150 and ours["wall_time"].max() < theirs["wall_time"].min(), (ours, theirs)
+    assert sorted(theirs["epoch"]) == list(range(1, 151))
     assert not list((experiment / "train_runs").iterdir())
     assert "stopped by the scheduler" in out and "probed beside training" in out
     print(f"stopped trial: result {lag:.1f} s after its milestone-1 state, trained to epoch {ours['epoch'].max()}")

@@ -32,28 +32,26 @@ from trainables.state import TrialState, is_milestone_state
 FAULT_ENV = "MMSN_TEST_KILL_WORKER"
 
 
-def _fault(run: Run, probed: bool) -> None:
+def _fault(run: Run, probed: bool, restarted: bool = False) -> None:
     """Fault injection for the retry tests: ``MMSN_TEST_KILL_WORKER=RANK:EPOCH:MARKER`` kills that rank
     (hard exit, like a lost node) after it saved that epoch, once: MARKER records that it happened;
     ``RANK:EPOCHp:MARKER`` kills it after the epoch's steps, before its milestone probe (in which every rank
-    of a several-worker trial takes part, so the others cannot finish the epoch without it)."""
+    of a several-worker trial takes part, so the others cannot finish the epoch without it), in a worker
+    group that started from a saved state (``restarted``): a first run may be past a milestone that the
+    scheduler is about to pause the trial at, and a kill there would be lost with the run."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
     rank, epoch, marker = spec.split(":", 2)
     at_probe = epoch.endswith("p")
     if (run.rank == int(rank) and run.epoch == int(epoch.rstrip("p")) and at_probe != probed
-            and not os.path.exists(marker)):
+            and (restarted or not at_probe) and not os.path.exists(marker)):
         Path(marker).write_text(f"killed rank {rank} after epoch {epoch}\n")
         os._exit(1)
 
 
 def _maybe_die(run: Run, metrics: dict[str, Any]) -> None:
     _fault(run, probed=True)
-
-
-def _maybe_die_before_probe(run: Run) -> None:
-    _fault(run, probed=False)
 
 
 def untrained_rankme(run: Run, cache: Any) -> float:
@@ -113,7 +111,7 @@ def _run(job: Any, rank: int, world: int, device: torch.device, wrap: Callable[[
     try:
         train(run, job.cfg.train.epochs, cache, job.milestones, sink, writer,
               Clock(job.trial_start, run_info(start)), on_epoch=_maybe_die,
-              trained=_maybe_die_before_probe)
+              trained=lambda run: _fault(run, probed=False, restarted=start is not None))
     except NonFiniteLossError as err:
         # A result, not a fault: every rank sees it at the same step (the loss is all-reduced) and ends
         # normally, so Ray Train does not retry a deterministic divergence; the trial raises it.
