@@ -195,23 +195,26 @@ def train_runs_cleanup(experiment: Path) -> Any:
 
     from trainables.state import own_dir
 
-    class TrainRunsCleanup(Callback):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self.done: set[str] = set()
-
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def clean(trial: Any, finished: bool) -> None:
+        if finished:
             shutil.rmtree(own_dir(experiment, trial.trial_id), ignore_errors=True)
-            prune_checkpoints(Path(trial.path), trial.checkpoint.path if trial.checkpoint else None)
-            self.done.add(trial.trial_id)
+        prune_checkpoints(Path(trial.path), trial.checkpoint.path if trial.checkpoint else None)
 
-        def on_experiment_end(self, trials: list, **info: Any) -> None:
-            # again: the Train run of a trial stopped mid-epoch dies a moment after Tune ends the trial, and
-            # its rank 0 may have begun writing a state in between (seen in tests/test_probe_beside.py)
-            for trial_id in self.done:
-                shutil.rmtree(own_dir(experiment, trial_id), ignore_errors=True)
+    class TrainRunsCleanup(Callback):  # type: ignore[misc]
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            clean(trial, finished=True)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            prune_checkpoints(Path(trial.path), trial.checkpoint.path if trial.checkpoint else None)
+            clean(trial, finished=False)
+
+        def on_experiment_end(self, trials: list, **info: Any) -> None:
+            # Again, for writes that come after a trial ended: the Train run of a trial stopped mid-epoch dies
+            # a moment after Tune ends the trial, and its rank 0 may have begun writing a state in between
+            # (seen in tests/test_probe_beside.py); a trial stopped during a report leaves that report's
+            # checkpoint (seen in the halving test, stopped while it replayed its rung after --resume).
+            for trial in trials:
+                if trial.status in ("TERMINATED", "ERROR"):
+                    clean(trial, finished=trial.status == "TERMINATED")
 
     return TrainRunsCleanup()
 
