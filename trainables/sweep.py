@@ -201,10 +201,15 @@ def train_runs_cleanup(experiment: Path) -> Any:
         prune_checkpoints(Path(trial.path), trial.checkpoint.path if trial.checkpoint else None)
 
     class TrainRunsCleanup(Callback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.ended: dict[str, bool] = {}  # trial id -> finished (True) or failed (False)
+
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.ended[trial.trial_id] = True
             clean(trial, finished=True)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.ended[trial.trial_id] = False
             clean(trial, finished=False)
 
         def on_experiment_end(self, trials: list, **info: Any) -> None:
@@ -212,9 +217,10 @@ def train_runs_cleanup(experiment: Path) -> Any:
             # a moment after Tune ends the trial, and its rank 0 may have begun writing a state in between
             # (seen in tests/test_probe_beside.py); a trial stopped during a report leaves that report's
             # checkpoint (seen in the halving test, stopped while it replayed its rung after --resume).
+            # Only trials Tune said ended: an interrupted sweep ends with trials whose state --resume needs.
             for trial in trials:
-                if trial.status in ("TERMINATED", "ERROR"):
-                    clean(trial, finished=trial.status == "TERMINATED")
+                if trial.trial_id in self.ended:
+                    clean(trial, finished=self.ended[trial.trial_id])
 
     return TrainRunsCleanup()
 
