@@ -197,8 +197,8 @@ def msn_trial(config: dict[str, Any], space: Space, cache: str, experiment: str,
 def _train_workers(space: Space, job: TrialJob, reports: Reports, trial_id: str, start_epoch: int,
                    probe: Callable[[Path], Any] | None) -> None:
     """One Ray Train run (DDP) to the last milestone; rank 0 sends each milestone's epoch through a queue and
-    this process reports it, in epoch order: at once when rank 0 probed it, when its probe task is done when
-    it is probed beside training (``probe``). The last one is reported once the Train run has ended: a
+    this process reports it, in epoch order: as soon as it arrives when rank 0 probed it, or, probed beside
+    training (``probe``), once its probe task is done. The last one is reported once the Train run has ended: a
     scheduler stops a trial that reaches its full length at once, and a Train run killed while it shuts down
     can leave its placement group behind."""
     from ray.util.queue import Queue
